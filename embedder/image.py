@@ -24,8 +24,7 @@ _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode, composite alpha on white, resize the short side to 224 and centre-crop: (3, 224, 224) float32,
-    normalised with the ImageNet mean and std."""
+    """Decode and ``preprocess`` an encoded image, refusing more than ``max_pixels`` before decoding pixels."""
     if not data:
         raise BadImage("image is empty: send the encoded bytes of a JPEG, PNG, WebP, GIF or BMP file")
     try:
@@ -49,6 +48,12 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             f"image bytes could not be decoded ({type(e).__name__}: {e}); "
             f"supported formats: {', '.join(_FORMATS)}"
         ) from None
+    return preprocess(img)
+
+
+def preprocess(img: Image.Image) -> np.ndarray:
+    """A decoded image -> (3, 224, 224) float32 network input: alpha composited on white, short side resized to
+    224, centre-cropped, normalised with the ImageNet mean and std."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

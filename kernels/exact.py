@@ -79,6 +79,9 @@ class ExactIndex:
     def vector(self, row: int) -> np.ndarray:
         return self._state.vectors[row].copy()
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self._state.vectors[np.asarray(rows, dtype=np.int64)]
+
     def live_rows(self) -> np.ndarray:
         st = self._state
         return np.flatnonzero(st.alive[: st.n]).astype(np.int64)

@@ -1,0 +1,23 @@
+"""Python client for visionsearch: ``Client`` (blocking) and ``AsyncClient`` (asyncio)."""
+
+from visionsearch_client._convert import (
+    CollectionInfo,
+    Hit,
+    Item,
+    StoredItem,
+    VisionSearchError,
+    WordHit,
+)
+from visionsearch_client.aio import AsyncClient
+from visionsearch_client.client import Client
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "CollectionInfo",
+    "Hit",
+    "Item",
+    "StoredItem",
+    "VisionSearchError",
+    "WordHit",
+]

@@ -1,0 +1,144 @@
+"""Request building and response parsing shared by the sync and asyncio clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from visionsearch.v1 import visionsearch_pb2 as pb
+
+METRICS = {"cosine": pb.METRIC_COSINE, "inner_product": pb.METRIC_INNER_PRODUCT}
+METRIC_NAMES = {v: k for k, v in METRICS.items()}
+
+
+class VisionSearchError(Exception):
+    """A call the server refused: ``code`` is the gRPC status, ``details`` says what to fix."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc_error(cls, e: grpc.RpcError) -> VisionSearchError:
+        return cls(e.code(), e.details() or "")  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Item:
+    """An item to upsert: give exactly one of ``vector`` and ``image`` (encoded bytes)."""
+
+    id: str
+    vector: npt.ArrayLike | None = None
+    image: bytes | None = None
+    payload: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    payload: dict[str, str]
+    vector: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    distance: float
+    payload: dict[str, str]
+    vector: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class WordHit:
+    word: str
+    score: float
+    distance: float
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    dim: int
+    metric: str
+    embedder: str
+    count: int
+
+
+def to_vector(v: npt.ArrayLike) -> pb.Vector:
+    return pb.Vector(f32=np.ascontiguousarray(v, dtype="<f4").reshape(-1).tobytes())
+
+
+def from_vector(v: pb.Vector) -> np.ndarray:
+    return np.frombuffer(v.f32, dtype="<f4").astype(np.float32)
+
+
+def search_request(
+    collection: str,
+    *,
+    vector: npt.ArrayLike | None,
+    image: bytes | None,
+    id: str | None,
+    k: int,
+    with_payload: bool,
+    with_vector: bool,
+) -> pb.SearchRequest:
+    given = [x is not None for x in (vector, image, id)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of vector=, image= or id=")
+    req = pb.SearchRequest(collection=collection, k=k, with_payload=with_payload, with_vector=with_vector)
+    if vector is not None:
+        req.vector.CopyFrom(to_vector(vector))
+    elif image is not None:
+        req.image = image
+    else:
+        req.id = id or ""
+    return req
+
+
+def upsert_request(collection: str, items: Iterable[Item]) -> pb.UpsertRequest:
+    req = pb.UpsertRequest(collection=collection)
+    for it in items:
+        msg = req.items.add(id=it.id, payload=dict(it.payload))
+        if (it.vector is None) == (it.image is None):
+            raise ValueError(f"item {it.id!r}: give exactly one of vector= or image=")
+        if it.vector is not None:
+            msg.vector.CopyFrom(to_vector(it.vector))
+        else:
+            msg.image = it.image or b""
+    return req
+
+
+def create_request(name: str, dim: int, metric: str, embedder: str) -> pb.CreateCollectionRequest:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}")
+    return pb.CreateCollectionRequest(
+        config=pb.CollectionConfig(name=name, dim=dim, metric=METRICS[metric], embedder=embedder)
+    )
+
+
+def hits(resp: pb.SearchResponse) -> list[Hit]:
+    return [
+        Hit(h.id, h.score, h.distance, dict(h.payload), from_vector(h.vector) if h.HasField("vector") else None)
+        for h in resp.hits
+    ]
+
+
+def word_hits(items: Iterable[pb.WordHit]) -> list[WordHit]:
+    return [WordHit(h.word, h.score, h.distance) for h in items]
+
+
+def info(resp: pb.CollectionInfo) -> CollectionInfo:
+    c = resp.config
+    return CollectionInfo(c.name, c.dim, METRIC_NAMES.get(c.metric, "unspecified"), c.embedder, resp.count)
+
+
+def stored_items(resp: pb.GetItemsResponse) -> list[StoredItem]:
+    return [
+        StoredItem(i.id, dict(i.payload), from_vector(i.vector) if i.HasField("vector") else None)
+        for i in resp.items
+    ]

@@ -1,0 +1,116 @@
+"""asyncio client (grpc.aio): the same calls as ``Client``, awaited."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from visionsearch.v1 import visionsearch_pb2 as pb
+from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
+
+from visionsearch_client import _convert as cv
+from visionsearch_client._convert import CollectionInfo, Hit, Item, StoredItem, VisionSearchError, WordHit
+from visionsearch_client.client import DEFAULT_MAX_MESSAGE, channel_options
+
+
+class AsyncClient:
+    """``async with AsyncClient("localhost:50051") as c: await c.search(...)``."""
+
+    def __init__(
+        self, target: str, *, timeout: float | None = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    ) -> None:
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._embed = pb_grpc.EmbedServiceStub(self._channel)
+        self._search = pb_grpc.SearchServiceStub(self._channel)
+        self._tag = pb_grpc.TagServiceStub(self._channel)
+        self._collections = pb_grpc.CollectionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as e:
+            raise VisionSearchError.from_rpc_error(e) from None
+
+    async def healthy(self, service: str = "", timeout: float | None = None) -> bool:
+        resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def embed_image(self, image: bytes, timeout: float | None = None) -> np.ndarray:
+        return cv.from_vector((await self._call(self._embed.Embed, pb.EmbedRequest(image=image), timeout)).vector)
+
+    async def embed_word(self, word: str, timeout: float | None = None) -> np.ndarray:
+        return cv.from_vector((await self._call(self._embed.Embed, pb.EmbedRequest(word=word), timeout)).vector)
+
+    async def search(
+        self,
+        collection: str,
+        *,
+        vector: npt.ArrayLike | None = None,
+        image: bytes | None = None,
+        id: str | None = None,
+        k: int = 10,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        timeout: float | None = None,
+    ) -> list[Hit]:
+        req = cv.search_request(
+            collection, vector=vector, image=image, id=id, k=k, with_payload=with_payload, with_vector=with_vector
+        )
+        return cv.hits(await self._call(self._search.Search, req, timeout))
+
+    async def nearest_words(self, word: str, k: int = 10, timeout: float | None = None) -> list[WordHit]:
+        resp = await self._call(self._search.NearestWords, pb.NearestWordsRequest(word=word, k=k), timeout)
+        return cv.word_hits(resp.hits)
+
+    async def tag(self, image: bytes, k: int = 10, timeout: float | None = None) -> list[WordHit]:
+        return cv.word_hits((await self._call(self._tag.Tag, pb.TagRequest(image=image, k=k), timeout)).tags)
+
+    async def create_collection(
+        self, name: str, dim: int = 0, metric: str = "cosine", embedder: str = "", timeout: float | None = None
+    ) -> CollectionInfo:
+        req = cv.create_request(name, dim, metric, embedder)
+        return cv.info(await self._call(self._collections.CreateCollection, req, timeout))
+
+    async def get_collection(self, name: str, timeout: float | None = None) -> CollectionInfo:
+        req = pb.GetCollectionRequest(name=name)
+        return cv.info(await self._call(self._collections.GetCollection, req, timeout))
+
+    async def list_collections(self, timeout: float | None = None) -> list[CollectionInfo]:
+        resp = await self._call(self._collections.ListCollections, pb.ListCollectionsRequest(), timeout)
+        return [cv.info(c) for c in resp.collections]
+
+    async def drop_collection(self, name: str, timeout: float | None = None) -> None:
+        await self._call(self._collections.DropCollection, pb.DropCollectionRequest(name=name), timeout)
+
+    async def upsert(self, collection: str, items: Iterable[Item], timeout: float | None = None) -> int:
+        resp = await self._call(self._collections.Upsert, cv.upsert_request(collection, items), timeout)
+        return int(resp.count)
+
+    async def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> int:
+        req = pb.DeleteRequest(collection=collection, ids=list(ids))
+        return int((await self._call(self._collections.Delete, req, timeout)).deleted)
+
+    async def get_items(
+        self, collection: str, ids: Sequence[str], with_vector: bool = False, timeout: float | None = None
+    ) -> list[StoredItem]:
+        req = pb.GetItemsRequest(collection=collection, ids=list(ids), with_vector=with_vector)
+        return cv.stored_items(await self._call(self._collections.GetItems, req, timeout))
+
+    async def count(self, collection: str, timeout: float | None = None) -> int:
+        req = pb.CountRequest(collection=collection)
+        return int((await self._call(self._collections.Count, req, timeout)).count)

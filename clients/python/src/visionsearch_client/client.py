@@ -1,0 +1,135 @@
+"""Blocking client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from visionsearch.v1 import visionsearch_pb2 as pb
+from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
+
+from visionsearch_client import _convert as cv
+from visionsearch_client._convert import CollectionInfo, Hit, Item, StoredItem, VisionSearchError, WordHit
+
+T = TypeVar("T")
+
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class Client:
+    """``Client("localhost:50051")``; every call takes ``timeout=`` seconds (a gRPC deadline) and raises
+    ``VisionSearchError`` with the server's status code and message on refusal."""
+
+    def __init__(
+        self, target: str, *, timeout: float | None = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    ) -> None:
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._embed = pb_grpc.EmbedServiceStub(self._channel)
+        self._search = pb_grpc.SearchServiceStub(self._channel)
+        self._tag = pb_grpc.TagServiceStub(self._channel)
+        self._collections = pb_grpc.CollectionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as e:
+            raise VisionSearchError.from_rpc_error(e) from None
+
+    # ---------------------------------------------------------------- health
+
+    def healthy(self, service: str = "", timeout: float | None = None) -> bool:
+        resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    # ---------------------------------------------------------------- embed
+
+    def embed_image(self, image: bytes, timeout: float | None = None) -> np.ndarray:
+        return cv.from_vector(self._call(self._embed.Embed, pb.EmbedRequest(image=image), timeout).vector)
+
+    def embed_word(self, word: str, timeout: float | None = None) -> np.ndarray:
+        return cv.from_vector(self._call(self._embed.Embed, pb.EmbedRequest(word=word), timeout).vector)
+
+    # ---------------------------------------------------------------- search
+
+    def search(
+        self,
+        collection: str,
+        *,
+        vector: npt.ArrayLike | None = None,
+        image: bytes | None = None,
+        id: str | None = None,
+        k: int = 10,
+        with_payload: bool = True,
+        with_vector: bool = False,
+        timeout: float | None = None,
+    ) -> list[Hit]:
+        req = cv.search_request(
+            collection, vector=vector, image=image, id=id, k=k, with_payload=with_payload, with_vector=with_vector
+        )
+        return cv.hits(self._call(self._search.Search, req, timeout))
+
+    def nearest_words(self, word: str, k: int = 10, timeout: float | None = None) -> list[WordHit]:
+        resp = self._call(self._search.NearestWords, pb.NearestWordsRequest(word=word, k=k), timeout)
+        return cv.word_hits(resp.hits)
+
+    def tag(self, image: bytes, k: int = 10, timeout: float | None = None) -> list[WordHit]:
+        return cv.word_hits(self._call(self._tag.Tag, pb.TagRequest(image=image, k=k), timeout).tags)
+
+    # ---------------------------------------------------------------- collections
+
+    def create_collection(
+        self, name: str, dim: int = 0, metric: str = "cosine", embedder: str = "", timeout: float | None = None
+    ) -> CollectionInfo:
+        req = cv.create_request(name, dim, metric, embedder)
+        return cv.info(self._call(self._collections.CreateCollection, req, timeout))
+
+    def get_collection(self, name: str, timeout: float | None = None) -> CollectionInfo:
+        req = pb.GetCollectionRequest(name=name)
+        return cv.info(self._call(self._collections.GetCollection, req, timeout))
+
+    def list_collections(self, timeout: float | None = None) -> list[CollectionInfo]:
+        resp = self._call(self._collections.ListCollections, pb.ListCollectionsRequest(), timeout)
+        return [cv.info(c) for c in resp.collections]
+
+    def drop_collection(self, name: str, timeout: float | None = None) -> None:
+        self._call(self._collections.DropCollection, pb.DropCollectionRequest(name=name), timeout)
+
+    def upsert(self, collection: str, items: Iterable[Item], timeout: float | None = None) -> int:
+        """Insert or replace items; returns the collection's count after the call."""
+        return int(self._call(self._collections.Upsert, cv.upsert_request(collection, items), timeout).count)
+
+    def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> int:
+        """Delete items by id; returns how many existed."""
+        req = pb.DeleteRequest(collection=collection, ids=list(ids))
+        return int(self._call(self._collections.Delete, req, timeout).deleted)
+
+    def get_items(
+        self, collection: str, ids: Sequence[str], with_vector: bool = False, timeout: float | None = None
+    ) -> list[StoredItem]:
+        req = pb.GetItemsRequest(collection=collection, ids=list(ids), with_vector=with_vector)
+        return cv.stored_items(self._call(self._collections.GetItems, req, timeout))
+
+    def count(self, collection: str, timeout: float | None = None) -> int:
+        return int(self._call(self._collections.Count, pb.CountRequest(collection=collection), timeout).count)

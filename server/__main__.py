@@ -1,0 +1,30 @@
+"""``python -m server`` / ``visionsearch-server``: run the gRPC server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from embedder.errors import AssetMissing
+from server import logs
+from server.app import serve
+from server.config import Config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = Config.load(argv)
+    except ValueError as e:
+        print(f"visionsearch-server: {e}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    try:
+        serve(config)
+    except AssetMissing as e:
+        print(f"visionsearch-server: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Server lifecycle: build the gRPC server (``create_server``), run it until SIGTERM/SIGINT (``serve``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from visionsearch.v1 import visionsearch_pb2 as pb
+from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
+
+from server.config import Config
+from server.default_collection import ensure_default_collection
+from server.services import Services
+from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, TagServicer
+
+log = logging.getLogger("visionsearch.server")
+
+SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+
+
+class Running:
+    """A started server and what it serves; ``stop`` drains calls and flushes collections to disk."""
+
+    def __init__(self, server: grpc.Server, port: int, services: Services, health_servicer: health.HealthServicer):
+        self.server = server
+        self.port = port
+        self.services = services
+        self.health = health_servicer
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+
+    def stop(self, grace: float | None = None) -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        grace = self.services.config.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        # Refuse new calls, let in-flight ones finish within the grace period, then flush every collection.
+        self.server.stop(grace).wait()
+        self.services.close()
+        log.info("stopped; collections flushed to disk")
+
+
+def create_server(config: Config, services: Services | None = None) -> Running:
+    """Build and start a server on ``config.address`` (port 0 picks a free one); returns it with its port."""
+    services = services or Services.start(config)
+    if config.default_collection:
+        ensure_default_collection(services)
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+    pb_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(services), server)
+    pb_grpc.add_SearchServiceServicer_to_server(SearchServicer(services), server)
+    pb_grpc.add_TagServiceServicer_to_server(TagServicer(services), server)
+    pb_grpc.add_CollectionServiceServicer_to_server(CollectionServicer(services), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(config.address)
+    if port == 0:
+        raise OSError(f"could not bind {config.address}")
+    server.start()
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"address": config.address, "port": port})
+    return Running(server, port, services, health_servicer)
+
+
+def serve(config: Config) -> None:
+    running = create_server(config)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host = config.address.rsplit(":", 1)[0]
+    print(f"visionsearch listening on {host}:{running.port}", flush=True)
+    done.wait()
+    running.stop()

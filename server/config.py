@@ -1,0 +1,85 @@
+"""Server settings: every flag is also an environment variable (VISIONSEARCH_<NAME>), gathered in one frozen
+dataclass. Precedence: command-line flag, then environment, then the default below."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "VISIONSEARCH_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Config:
+    address: str = _setting("127.0.0.1:50051", "host:port to listen on; port 0 picks a free port")
+    data_dir: Path = _setting(Path("data"), "where collections are persisted")
+    workers: int = _setting(16, "gRPC worker threads (concurrent calls being served)")
+    torch_threads: int = _setting(os.cpu_count() or 1, "threads torch uses for one forward pass")
+    max_message_bytes: int = _setting(16 * 1024 * 1024, "largest request or response message")
+    max_pixels: int = _setting(40_000_000, "largest image (width x height) accepted; guards decompression bombs")
+    max_k: int = _setting(1000, "largest k a search may ask for")
+    fsync: bool = _setting(True, "fsync the write-ahead log before acknowledging an upsert or delete")
+    snapshot_wal_bytes: int = _setting(64 * 1024 * 1024, "write a snapshot when a collection's log grows past this")
+    default_collection: bool = _setting(True, "build (once) and serve the embedded default collection")
+    fashion_sample: int = _setting(1000, "Fashion-MNIST test photos in the default collection (spread over classes)")
+    grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls may take to finish")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        positive = ("workers", "torch_threads", "max_message_bytes", "max_pixels", "max_k", "snapshot_wal_bytes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fashion_sample < 0:
+            raise ValueError(f"fashion_sample must be >= 0, got {self.fashion_sample}")
+
+    @classmethod
+    def load(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        parser = argparse.ArgumentParser(
+            prog="visionsearch-server",
+            description="visionsearch gRPC server. Each flag can also be set as VISIONSEARCH_<FLAG>.",
+        )
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            env_name = ENV_PREFIX + f.name.upper()
+            help_text = f"{f.metadata['help']} (env {env_name}, default {f.default})"
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                parser.add_argument(flag, default=None, help=help_text)
+        args = vars(parser.parse_args(argv))
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = args[f.name]
+            if raw is None:
+                raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, f.default, raw)
+        return cls(**values)
+
+
+def _parse(name: str, default: Any, raw: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        low = str(raw).strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true or false, got {raw!r}")
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected {type(default).__name__}, got {raw!r}") from None

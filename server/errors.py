@@ -1,0 +1,97 @@
+"""The one place where failures become gRPC statuses.
+
+Servicers and storage raise ``ServiceError(Error.X, message)``; the embedder raises its own exceptions (it
+knows nothing of gRPC). ``to_status`` maps both to a status code, and ``rpc_method`` wraps every servicer
+method so that no exception escapes as an opaque UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from embedder.errors import AssetMissing, BadImage, ImageTooLarge, UnknownWord
+
+log = logging.getLogger("visionsearch.errors")
+
+
+class Error(enum.Enum):
+    BAD_REQUEST = ("bad_request", grpc.StatusCode.INVALID_ARGUMENT)
+    NOT_FOUND = ("not_found", grpc.StatusCode.NOT_FOUND)
+    ALREADY_EXISTS = ("already_exists", grpc.StatusCode.ALREADY_EXISTS)
+    PRECONDITION = ("precondition", grpc.StatusCode.FAILED_PRECONDITION)
+    OVERLOADED = ("overloaded", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    UNIMPLEMENTED = ("unimplemented", grpc.StatusCode.UNIMPLEMENTED)
+    DEADLINE = ("deadline", grpc.StatusCode.DEADLINE_EXCEEDED)
+    UNAVAILABLE = ("unavailable", grpc.StatusCode.UNAVAILABLE)
+    INTERNAL = ("internal", grpc.StatusCode.INTERNAL)
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return self.value[1]
+
+
+class ServiceError(Exception):
+    def __init__(self, error: Error, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+        self.message = message
+
+
+_EMBEDDER_ERRORS: dict[type[Exception], Error] = {
+    BadImage: Error.BAD_REQUEST,
+    ImageTooLarge: Error.BAD_REQUEST,
+    UnknownWord: Error.NOT_FOUND,
+    AssetMissing: Error.UNAVAILABLE,
+}
+
+
+def to_status(exc: BaseException) -> tuple[Error, str]:
+    if isinstance(exc, ServiceError):
+        return exc.error, exc.message
+    for cls, error in _EMBEDDER_ERRORS.items():
+        if isinstance(exc, cls):
+            return error, str(exc)
+    return Error.INTERNAL, f"internal error ({type(exc).__name__}); the server logged the details"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc_method(fn: F) -> F:
+    """Wrap a servicer method: map any exception to a precise status and abort the call with it."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            error, message = to_status(exc)
+            if error is Error.INTERNAL:
+                log.exception("unhandled error in %s", fn.__qualname__)
+            else:
+                log.info("%s refused: %s %s", fn.__qualname__, error.code.name, message)
+            _abort(context, error, message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_abort(exc: Exception) -> bool:
+    # context.abort() raises a bare Exception subclass private to grpc; let it pass through untouched.
+    return type(exc).__module__.startswith("grpc")
+
+
+def _abort(context: grpc.ServicerContext, error: Error, message: str) -> NoReturn:
+    context.abort(error.code, message)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def fail(error: Error, message: str) -> NoReturn:
+    raise ServiceError(error, message)

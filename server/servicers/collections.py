@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from visionsearch.v1 import visionsearch_pb2 as pb
+from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
+
+from server.errors import Error, fail, rpc_method
+from server.services import Services
+from server.servicers.common import check_deadline
+from server.storage import Collection, CollectionSettings
+from server.wire import METRIC_ENUMS, METRIC_NAMES, vector_from_pb, vector_to_pb
+
+
+def collection_info(c: Collection) -> pb.CollectionInfo:
+    st = c.settings
+    config = pb.CollectionConfig(name=st.name, dim=st.dim, metric=METRIC_ENUMS[st.metric], embedder=st.embedder)
+    return pb.CollectionInfo(config=config, count=len(c))
+
+
+class CollectionServicer(pb_grpc.CollectionServiceServicer):
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    @rpc_method
+    def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext) -> pb.CollectionInfo:
+        cfg = request.config
+        metric = pb.METRIC_COSINE if cfg.metric == pb.METRIC_UNSPECIFIED else cfg.metric
+        if metric not in METRIC_NAMES:
+            fail(Error.BAD_REQUEST, f"metric {cfg.metric} is not a known Metric value")
+        settings = CollectionSettings(cfg.name, cfg.dim, METRIC_NAMES[metric], cfg.embedder)
+        return collection_info(self.s.store.create(settings))
+
+    @rpc_method
+    def GetCollection(self, request: pb.GetCollectionRequest, context: grpc.ServicerContext) -> pb.CollectionInfo:
+        return collection_info(self.s.store.get(request.name))
+
+    @rpc_method
+    def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        return pb.ListCollectionsResponse(collections=[collection_info(c) for c in self.s.store.list()])
+
+    @rpc_method
+    def DropCollection(
+        self, request: pb.DropCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.DropCollectionResponse:
+        self.s.store.drop(request.name)
+        return pb.DropCollectionResponse()
+
+    @rpc_method
+    def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext) -> pb.UpsertResponse:
+        c = self.s.store.get(request.collection)
+        if not request.items:
+            fail(Error.BAD_REQUEST, "UpsertRequest has no items")
+        vectors = np.empty((len(request.items), c.settings.dim), np.float32)
+        image_slots: list[int] = []
+        images: list[bytes] = []
+        for n, item in enumerate(request.items):
+            which = item.WhichOneof("data")
+            if which == "vector":
+                v = vector_from_pb(item.vector, f"item {n} ({item.id!r}) vector")
+                if v.shape[0] != c.settings.dim:
+                    fail(
+                        Error.BAD_REQUEST,
+                        f"item {n} ({item.id!r}) vector has dimension {v.shape[0]} but collection "
+                        f"{c.name!r} has dimension {c.settings.dim}",
+                    )
+                vectors[n] = v
+            elif which == "image":
+                image_slots.append(n)
+                images.append(item.image)
+            else:
+                fail(Error.BAD_REQUEST, f"item {n} ({item.id!r}) has neither a vector nor an image")
+        if images:
+            if c.settings.embedder != self.s.images.model_name:
+                fail(Error.PRECONDITION, f"collection {c.name!r} has no image embedder: upsert vectors instead")
+            check_deadline(context, "embedding the items' images")
+            vectors[image_slots] = self.s.images.embed(images)
+        prepared = c.prepare_vectors(vectors, "an item's vector")
+        upserted = c.upsert([i.id for i in request.items], prepared, [dict(i.payload) for i in request.items])
+        return pb.UpsertResponse(upserted=upserted, count=len(c))
+
+    @rpc_method
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        c = self.s.store.get(request.collection)
+        deleted = c.delete(list(request.ids))
+        return pb.DeleteResponse(deleted=deleted, count=len(c))
+
+    @rpc_method
+    def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext) -> pb.GetItemsResponse:
+        c = self.s.store.get(request.collection)
+        resp = pb.GetItemsResponse()
+        for item_id, payload, vector in c.get(list(request.ids)):
+            item = resp.items.add(id=item_id, payload=payload)
+            if request.with_vector:
+                item.vector.CopyFrom(vector_to_pb(vector))
+        return resp
+
+    @rpc_method
+    def Count(self, request: pb.CountRequest, context: grpc.ServicerContext) -> pb.CountResponse:
+        return pb.CountResponse(count=len(self.s.store.get(request.collection)))

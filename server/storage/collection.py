@@ -1,0 +1,253 @@
+"""One collection: ids, payloads and vectors, durable through a write-ahead log and snapshots.
+
+Writers take the collection's lock; searches take none. A search reads one immutable-by-convention view
+(index, row -> id, row -> payload) captured from a single attribute, so a concurrent upsert, delete or
+compaction can never pair a row number with the wrong id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernels import ExactIndex, has_nonfinite, row_norms
+from server.errors import Error, fail
+from server.storage import snapshot
+from server.storage.wal import WriteAheadLog
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_ID_BYTES = 256
+MAX_DIM = 65536
+METRICS = ("cosine", "inner_product")
+
+
+@dataclass(frozen=True)
+class CollectionSettings:
+    name: str
+    dim: int
+    metric: str = "cosine"
+    embedder: str = ""
+
+    def validate(self, known_embedders: dict[str, int]) -> None:
+        if not NAME_RE.match(self.name):
+            fail(Error.BAD_REQUEST, f"collection name {self.name!r} must be 1-64 characters of [A-Za-z0-9_-]")
+        if self.metric not in METRICS:
+            fail(Error.BAD_REQUEST, f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.embedder and self.embedder not in known_embedders:
+            fail(
+                Error.BAD_REQUEST,
+                f"embedder {self.embedder!r} is unknown; use one of {sorted(known_embedders)} or leave it empty",
+            )
+        if not 1 <= self.dim <= MAX_DIM:
+            fail(Error.BAD_REQUEST, f"dim must be between 1 and {MAX_DIM}, got {self.dim}")
+        if self.embedder and known_embedders[self.embedder] != self.dim:
+            fail(
+                Error.BAD_REQUEST,
+                f"embedder {self.embedder!r} makes {known_embedders[self.embedder]}-d vectors but dim is "
+                f"{self.dim}: set dim to {known_embedders[self.embedder]} (or 0 to take the embedder's)",
+            )
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, str]
+    row: int
+
+
+@dataclass(frozen=True)
+class _View:
+    index: ExactIndex
+    row_ids: list[str]  # append-only; a cleared row keeps its old id
+    payloads: list[dict[str, str]]
+
+
+def validate_id(item_id: str) -> None:
+    if not item_id or len(item_id.encode("utf8")) > MAX_ID_BYTES:
+        fail(Error.BAD_REQUEST, f"item id {item_id[:40]!r} must be 1-{MAX_ID_BYTES} bytes of UTF-8")
+
+
+class Collection:
+    def __init__(self, folder: Path, settings: CollectionSettings, *, fsync: bool, snapshot_wal_bytes: int):
+        self.folder = folder
+        self.settings = settings
+        self._snapshot_wal_bytes = snapshot_wal_bytes
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._generation = snapshot.current_generation(folder)
+        data = snapshot.load(folder, self._generation, settings.dim)
+        self._rows: dict[str, int] = {}
+        self._view = self._build_view(data.ids, data.payloads, data.vectors)
+        for record in WriteAheadLog.replay(snapshot.wal_path(folder, self._generation)):
+            self._apply(record)
+        self._wal = WriteAheadLog(snapshot.wal_path(folder, self._generation), fsync=fsync)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(cls, folder: Path, settings: CollectionSettings, **kw: Any) -> Collection:
+        folder.mkdir(parents=True)
+        snapshot.write_atomic(folder / "config.json", json.dumps(asdict(settings)).encode())
+        return cls(folder, settings, **kw)
+
+    @classmethod
+    def open(cls, folder: Path, **kw: Any) -> Collection:
+        settings = CollectionSettings(**json.loads((folder / "config.json").read_text()))
+        return cls(folder, settings, **kw)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._wal.size:
+                self._snapshot_locked()
+            self._wal.close()
+
+    def snapshot(self) -> None:
+        with self._lock:
+            self._snapshot_locked()
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def __len__(self) -> int:
+        return len(self._view.index)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._rows
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Best k items per query. ``queries`` are prepared by ``prepare_vectors`` (normalised for cosine)."""
+        view = self._view
+        scores, rows = view.index.search(queries, k)
+        return [
+            [Hit(view.row_ids[r], float(s), view.payloads[r], int(r)) for s, r in zip(qs, qr, strict=True)]
+            for qs, qr in zip(scores, rows, strict=True)
+        ]
+
+    def vector_of_row(self, row: int) -> np.ndarray:
+        return self._view.index.vector(row)
+
+    def get(self, ids: list[str]) -> list[tuple[str, dict[str, str], np.ndarray]]:
+        with self._lock:
+            view = self._view
+            return [
+                (i, view.payloads[self._rows[i]], view.index.vector(self._rows[i])) for i in ids if i in self._rows
+            ]
+
+    def vector_of(self, item_id: str) -> np.ndarray:
+        with self._lock:
+            row = self._rows.get(item_id)
+            if row is None:
+                fail(Error.NOT_FOUND, f"item {item_id!r} is not in collection {self.name!r}")
+            return self._view.index.vector(row)
+
+    # ------------------------------------------------------------------ writes
+
+    def prepare_vectors(self, vectors: np.ndarray, what: str = "vector") -> np.ndarray:
+        """Check a (m, dim) batch and bring it to the stored form (unit rows for cosine)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.settings.dim:
+            got = vectors.shape[-1] if vectors.ndim else 0
+            fail(
+                Error.BAD_REQUEST,
+                f"{what} has dimension {got} but collection {self.name!r} has dimension {self.settings.dim}",
+            )
+        where = "" if len(vectors) == 1 else " (row {})"
+        if has_nonfinite(vectors):
+            row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+            fail(Error.BAD_REQUEST, f"{what}{where.format(row)} contains NaN or Inf")
+        if self.settings.metric == "cosine":
+            norms = row_norms(vectors)
+            if np.any(norms == 0):
+                row = int(np.flatnonzero(norms == 0)[0])
+                fail(
+                    Error.BAD_REQUEST,
+                    f"{what}{where.format(row)} is all zeros: cosine similarity needs a non-zero vector",
+                )
+            vectors = vectors / norms[:, None]
+        return vectors
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, str]]) -> int:
+        """Insert or replace items; durable when it returns. ``vectors`` come from ``prepare_vectors``."""
+        for i in ids:
+            validate_id(i)
+        # Within one request the last occurrence of an id wins, as if the items were sent one by one.
+        last = {item_id: n for n, item_id in enumerate(ids)}
+        keep = sorted(last.values())
+        ids = [ids[n] for n in keep]
+        vectors = np.ascontiguousarray(vectors[keep])
+        payloads = [dict(payloads[n]) for n in keep]
+        with self._lock:
+            record = {"op": "upsert", "ids": ids, "vectors": vectors.tobytes(), "payloads": payloads}
+            self._wal.append(record)
+            self._apply(record)
+            self._maybe_snapshot()
+        return len(ids)
+
+    def delete(self, ids: list[str]) -> int:
+        with self._lock:
+            present = [i for i in dict.fromkeys(ids) if i in self._rows]
+            if not present:
+                return 0
+            record = {"op": "delete", "ids": present}
+            self._wal.append(record)
+            self._apply(record)
+            self._maybe_snapshot()
+            return len(present)
+
+    # ------------------------------------------------------------------ internals
+
+    def _build_view(self, ids: list[str], payloads: list[dict[str, str]], vectors: np.ndarray) -> _View:
+        index = ExactIndex(self.settings.dim, capacity=max(1024, 2 * len(ids)))
+        if len(ids):
+            index.add(vectors)
+        self._rows = {item_id: n for n, item_id in enumerate(ids)}
+        return _View(index, list(ids), list(payloads))
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        view = self._view
+        if record["op"] == "upsert":
+            ids = record["ids"]
+            vectors = np.frombuffer(record["vectors"], dtype=np.float32).reshape(len(ids), self.settings.dim)
+            replaced = [self._rows[i] for i in ids if i in self._rows]
+            # Payloads and ids first, then the rows: a reader that sees a new row can always name it.
+            view.row_ids.extend(ids)
+            view.payloads.extend(record["payloads"])
+            rows = view.index.add(vectors)
+            for item_id, row in zip(ids, rows, strict=True):
+                self._rows[item_id] = int(row)
+            if replaced:
+                view.index.remove(np.array(replaced, dtype=np.int64))
+        elif record["op"] == "delete":
+            rows = [self._rows.pop(i) for i in record["ids"] if i in self._rows]
+            if rows:
+                view.index.remove(np.array(rows, dtype=np.int64))
+        else:
+            raise ValueError(f"unknown log record {record['op']!r}")
+
+    def _maybe_snapshot(self) -> None:
+        if self._wal.size > self._snapshot_wal_bytes:
+            self._snapshot_locked()
+
+    def _snapshot_locked(self) -> None:
+        view = self._view
+        live = view.index.live_rows()
+        ids = [view.row_ids[r] for r in live]
+        payloads = [view.payloads[r] for r in live]
+        vectors = np.ascontiguousarray(view.index.vectors(live))
+        generation = self._generation + 1
+        self._wal.close()
+        snapshot.write(self.folder, generation, snapshot.SnapshotData(ids, payloads, vectors))
+        self._generation = generation
+        self._wal = WriteAheadLog(snapshot.wal_path(self.folder, generation), fsync=self._fsync)
+        # The snapshot holds live rows only; serving from the same compact layout drops cleared rows.
+        self._view = self._build_view(ids, payloads, vectors)
