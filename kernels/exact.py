@@ -71,13 +71,17 @@ class ExactIndex:
             st = self._state
             if rows.size and (rows.min() < 0 or rows.max() >= st.n):
                 raise IndexError(f"row out of range 0..{st.n - 1}")
+            rows = np.unique(rows)
             was = int(np.count_nonzero(st.alive[rows]))
             st.alive[rows] = 0
             self._live -= was
             return was
 
     def vector(self, row: int) -> np.ndarray:
-        return self._state.vectors[row].copy()
+        st = self._state
+        if not 0 <= row < st.n:
+            raise IndexError(f"row {row} out of range 0..{st.n - 1}")
+        return st.vectors[row].copy()
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return self._state.vectors[np.asarray(rows, dtype=np.int64)]
@@ -90,4 +94,10 @@ class ExactIndex:
         """``(scores, rows)`` of the best ``min(k, len(self))`` live rows per query, best first."""
         st = self._state
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        return topk_inner_product(st.vectors, q, k, n=st.n, alive=st.alive)
+        scores, rows = topk_inner_product(st.vectors, q, k, n=st.n, alive=st.alive)
+        # A remove racing this search can leave fewer live rows than were counted before the scan: the
+        # unfilled slots (row -1) sit at the end of every result row, so trim to the shortest full width.
+        if rows.size and rows[:, -1].min() < 0:
+            width = int((rows >= 0).sum(axis=1).min())
+            scores, rows = scores[:, :width], rows[:, :width]
+        return scores, rows
