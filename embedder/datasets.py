@@ -64,7 +64,11 @@ def tuxpaint_photos() -> list[StampPhoto]:
         caption = ""
         txt = path.with_suffix(".txt")
         if txt.is_file():
-            caption = txt.read_text(encoding="utf8", errors="replace").splitlines()[0].strip() if txt.stat().st_size else ""
+            caption = (
+                txt.read_text(encoding="utf8", errors="replace").splitlines()[0].strip()
+                if txt.stat().st_size
+                else ""
+            )
         name = re.sub(r"[-_]?\d+$", "", path.stem).replace("_", " ").replace("-", " ").strip()
         photos.append(StampPhoto(path, str(rel.with_suffix("")), name, caption, rel.parts[0]))
     return photos

@@ -24,7 +24,7 @@ _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode and ``preprocess`` an encoded image, refusing more than ``max_pixels`` before decoding pixels."""
+    """Decode and ``preprocess`` an encoded image; more than ``max_pixels`` is refused before decoding."""
     if not data:
         raise BadImage("image is empty: send the encoded bytes of a JPEG, PNG, WebP, GIF or BMP file")
     try:
@@ -52,8 +52,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def preprocess(img: Image.Image) -> np.ndarray:
-    """A decoded image -> (3, 224, 224) float32 network input: alpha composited on white, short side resized to
-    224, centre-cropped, normalised with the ImageNet mean and std."""
+    """A decoded image -> (3, 224, 224) float32 network input: alpha composited on white, short side
+    resized to 224, centre-cropped, normalised with the ImageNet mean and std."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -8,7 +8,7 @@ import numba
 
 # Searches run concurrently from the server's worker threads; Numba's default fallback layer (workqueue)
 # aborts the process when parallel kernels are entered from several threads at once. OpenMP and TBB do not.
-numba.config.THREADING_LAYER = "threadsafe"
+numba.config.THREADING_LAYER = "threadsafe"  # type: ignore[attr-defined]
 
 from kernels.exact import ExactIndex  # noqa: E402
 from kernels.normalize import has_nonfinite, l2_normalize, row_norms  # noqa: E402

@@ -19,10 +19,7 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _has_nonfinite(x: np.ndarray) -> bool:
     flat = x.reshape(-1)
-    for i in range(flat.size):
-        if not np.isfinite(flat[i]):
-            return True
-    return False
+    return any(not np.isfinite(flat[i]) for i in range(flat.size))
 
 
 def _as_f32_matrix(x: np.ndarray) -> np.ndarray:
@@ -43,7 +40,7 @@ def has_nonfinite(x: np.ndarray) -> bool:
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """A new float32 matrix whose rows have unit norm. Rows must be finite and non-zero (the caller checks)."""
+    """A new float32 matrix whose rows have unit norm. Rows must be finite and non-zero."""
     x = _as_f32_matrix(x)
     norms = _row_norms(x)
     if np.any(norms == 0):

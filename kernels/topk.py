@@ -40,7 +40,9 @@ def _heap_offer(hs: np.ndarray, hi: np.ndarray, k: int, score: np.float32, idx: 
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _chunk_heaps(db, n, alive, queries, k, n_chunks):  # type: ignore[no-untyped-def]
+def _chunk_heaps(
+    db: np.ndarray, n: int, alive: np.ndarray, queries: np.ndarray, k: int, n_chunks: int
+) -> tuple[np.ndarray, np.ndarray]:
     m, d = queries.shape
     heap_s = np.full((n_chunks, m, k), -np.inf, dtype=np.float32)
     heap_i = np.full((n_chunks, m, k), -1, dtype=np.int64)
@@ -82,7 +84,7 @@ def _chunk_heaps(db, n, alive, queries, k, n_chunks):  # type: ignore[no-untyped
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _merge_heaps(heap_s, heap_i, k):  # type: ignore[no-untyped-def]
+def _merge_heaps(heap_s: np.ndarray, heap_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n_chunks, m, kk = heap_s.shape
     out_s = np.full((m, k), -np.inf, dtype=np.float32)
     out_i = np.full((m, k), -1, dtype=np.int64)

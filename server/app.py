@@ -15,8 +15,8 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from server.config import Config
 from server.default_collection import ensure_default_collection
-from server.services import Services
 from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, TagServicer
+from server.services import Services
 
 log = logging.getLogger("visionsearch.server")
 
@@ -26,7 +26,9 @@ SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values
 class Running:
     """A started server and what it serves; ``stop`` drains calls and flushes collections to disk."""
 
-    def __init__(self, server: grpc.Server, port: int, services: Services, health_servicer: health.HealthServicer):
+    def __init__(
+        self, server: grpc.Server, port: int, services: Services, health_servicer: health.HealthServicer
+    ):
         self.server = server
         self.port = port
         self.services = services
@@ -64,7 +66,9 @@ def create_server(config: Config, services: Services | None = None) -> Running:
     pb_grpc.add_CollectionServiceServicer_to_server(CollectionServicer(services), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     port = server.add_insecure_port(config.address)
     if port == 0:
         raise OSError(f"could not bind {config.address}")

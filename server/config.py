@@ -21,21 +21,34 @@ def _setting(default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class Config:
     address: str = _setting("127.0.0.1:50051", "host:port to listen on; port 0 picks a free port")
-    data_dir: Path = _setting(Path("data"), "where collections are persisted")
+    data_dir: Path = _setting(Path("data"), "where collections are persisted")  # noqa: RUF009 - immutable
     workers: int = _setting(16, "gRPC worker threads (concurrent calls being served)")
     torch_threads: int = _setting(os.cpu_count() or 1, "threads torch uses for one forward pass")
     max_message_bytes: int = _setting(16 * 1024 * 1024, "largest request or response message")
-    max_pixels: int = _setting(40_000_000, "largest image (width x height) accepted; guards decompression bombs")
+    max_pixels: int = _setting(
+        40_000_000, "largest image (width x height) accepted; guards decompression bombs"
+    )
     max_k: int = _setting(1000, "largest k a search may ask for")
     fsync: bool = _setting(True, "fsync the write-ahead log before acknowledging an upsert or delete")
-    snapshot_wal_bytes: int = _setting(64 * 1024 * 1024, "write a snapshot when a collection's log grows past this")
+    snapshot_wal_bytes: int = _setting(
+        64 * 1024 * 1024, "write a snapshot when a collection's log grows past this"
+    )
     default_collection: bool = _setting(True, "build (once) and serve the embedded default collection")
-    fashion_sample: int = _setting(1000, "Fashion-MNIST test photos in the default collection (spread over classes)")
+    fashion_sample: int = _setting(
+        1000, "Fashion-MNIST test photos in the default collection (spread over classes)"
+    )
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls may take to finish")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
-        positive = ("workers", "torch_threads", "max_message_bytes", "max_pixels", "max_k", "snapshot_wal_bytes")
+        positive = (
+            "workers",
+            "torch_threads",
+            "max_message_bytes",
+            "max_pixels",
+            "max_k",
+            "snapshot_wal_bytes",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -6,8 +6,10 @@ missing are embedded, so an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -26,6 +28,14 @@ _BATCH = 32
 Pending = tuple[str, dict[str, str], Callable[[], np.ndarray]]
 
 
+def _load_file(path: Path, max_pixels: int) -> np.ndarray:
+    return decode_image(path.read_bytes(), max_pixels)
+
+
+def _load_array(pixels: np.ndarray) -> np.ndarray:
+    return preprocess(Image.fromarray(pixels, "L"))
+
+
 def _stamp_items(max_pixels: int) -> Iterator[Pending]:
     for photo in tuxpaint_photos():
         payload = {
@@ -35,7 +45,7 @@ def _stamp_items(max_pixels: int) -> Iterator[Pending]:
             "category": photo.category,
             "path": str(photo.path),
         }
-        yield f"tuxpaint/{photo.id}", payload, lambda p=photo.path: decode_image(p.read_bytes(), max_pixels)
+        yield f"tuxpaint/{photo.id}", payload, functools.partial(_load_file, photo.path, max_pixels)
 
 
 def _fashion_items(sample: int) -> Iterator[Pending]:
@@ -46,7 +56,7 @@ def _fashion_items(sample: int) -> Iterator[Pending]:
     for i in fashion_sample("test", per_class)[:sample]:
         label = FASHION_CLASSES[labels[i]]
         payload = {"source": "fashion-mnist", "label": label, "category": "clothing", "index": f"test/{i}"}
-        yield f"fashion-mnist/test/{i:05d}", payload, lambda a=images[i]: preprocess(Image.fromarray(a, "L"))
+        yield f"fashion-mnist/test/{i:05d}", payload, functools.partial(_load_array, images[i])
 
 
 def ensure_default_collection(services: Services) -> Collection:
@@ -64,12 +74,16 @@ def ensure_default_collection(services: Services) -> Collection:
     if not missing:
         log.info("default collection ready: %d items", len(collection))
         return collection
-    log.info("indexing %d photos into the default collection (%d already there)", len(missing), len(collection))
+    log.info(
+        "indexing %d photos into the default collection (%d already there)", len(missing), len(collection)
+    )
     with tqdm(total=len(missing), desc="indexing default collection", unit="photo") as bar:
         for start in range(0, len(missing), _BATCH):
             batch = missing[start : start + _BATCH]
             features = embedder.embed_arrays(np.stack([load() for _, _, load in batch]))
-            collection.upsert([b[0] for b in batch], collection.prepare_vectors(features), [b[1] for b in batch])
+            collection.upsert(
+                [b[0] for b in batch], collection.prepare_vectors(features), [b[1] for b in batch]
+            )
             bar.update(len(batch))
     collection.snapshot()
     log.info("default collection ready: %d items", len(collection))

@@ -17,11 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from visionsearch_client import Client
 
 from server.app import Running, create_server
 from server.config import Config
 from server.services import Services
-from visionsearch_client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 LION = Path("/usr/share/tuxpaint/stamps/animals/mammals/cats/lion.png")
@@ -105,7 +105,9 @@ class ServerProcess:
         m = re.search(r"listening on (\S+)", line)
         if not m:
             self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+            raise RuntimeError(
+                f"server did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
         self.address = m.group(1)
 
     def signal(self, sig: signal.Signals) -> None:

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
+from visionsearch_client import Client, Item, VisionSearchError
 
 from server.app import Running
 from tests.conftest import LION
-from visionsearch_client import Client, Item, VisionSearchError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -97,8 +97,14 @@ def test_one_bad_image_refuses_the_whole_upsert(client: Client, fresh_name: str)
         ([0.0, 0.0, 0.0, 0.0], ("all zeros",)),
     ],
 )
-def test_bad_vectors(client: Client, vec_collection: str, vector: list[float], fragments: tuple[str, ...]) -> None:
-    refused(lambda: client.search(vec_collection, vector=vector, k=1), grpc.StatusCode.INVALID_ARGUMENT, *fragments)
+def test_bad_vectors(
+    client: Client, vec_collection: str, vector: list[float], fragments: tuple[str, ...]
+) -> None:
+    refused(
+        lambda: client.search(vec_collection, vector=vector, k=1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        *fragments,
+    )
     refused(
         lambda: client.upsert(vec_collection, [Item("x", vector=[0, 0, 1, 0]), Item("y", vector=vector)]),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -119,7 +125,9 @@ def test_vector_bytes_not_a_multiple_of_four(server: Running, vec_collection: st
 
 @pytest.mark.parametrize("k", [0, -1, 1001])
 def test_k_out_of_range(client: Client, vec_collection: str, k: int) -> None:
-    refused(lambda: client.search(vec_collection, vector=[1, 0, 0, 0], k=k), grpc.StatusCode.INVALID_ARGUMENT, "k")
+    refused(
+        lambda: client.search(vec_collection, vector=[1, 0, 0, 0], k=k), grpc.StatusCode.INVALID_ARGUMENT, "k"
+    )
     refused(lambda: client.nearest_words("cat", k=k), grpc.StatusCode.INVALID_ARGUMENT, "k")
 
 
@@ -140,7 +148,11 @@ def test_unknown_item_id(client: Client, vec_collection: str) -> None:
 
 
 def test_creating_an_existing_collection(client: Client, vec_collection: str) -> None:
-    refused(lambda: client.create_collection(vec_collection, dim=4), grpc.StatusCode.ALREADY_EXISTS, vec_collection)
+    refused(
+        lambda: client.create_collection(vec_collection, dim=4),
+        grpc.StatusCode.ALREADY_EXISTS,
+        vec_collection,
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,7 +171,10 @@ def test_bad_collection_configs(client: Client, kwargs: dict, fragment: str) -> 
 
 
 def test_bad_item_ids(client: Client, vec_collection: str) -> None:
-    refused(lambda: client.upsert(vec_collection, [Item("", vector=[1, 0, 0, 0])]), grpc.StatusCode.INVALID_ARGUMENT)
+    refused(
+        lambda: client.upsert(vec_collection, [Item("", vector=[1, 0, 0, 0])]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     refused(
         lambda: client.upsert(vec_collection, [Item("x" * 300, vector=[1, 0, 0, 0])]),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -173,12 +188,13 @@ def test_unknown_word_is_named(client: Client) -> None:
 
 
 def test_empty_requests(server: Running, vec_collection: str) -> None:
+    col = vec_collection
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         cases = [
             (pb_grpc.EmbedServiceStub(ch).Embed, pb.EmbedRequest(), "set `image`"),
-            (pb_grpc.SearchServiceStub(ch).Search, pb.SearchRequest(collection=vec_collection, k=1), "no query"),
+            (pb_grpc.SearchServiceStub(ch).Search, pb.SearchRequest(collection=col, k=1), "no query"),
             (pb_grpc.SearchServiceStub(ch).NearestWords, pb.NearestWordsRequest(k=1), "empty"),
-            (pb_grpc.CollectionServiceStub(ch).Upsert, pb.UpsertRequest(collection=vec_collection), "no items"),
+            (pb_grpc.CollectionServiceStub(ch).Upsert, pb.UpsertRequest(collection=col), "no items"),
             (pb_grpc.CollectionServiceStub(ch).Upsert,
              pb.UpsertRequest(collection=vec_collection, items=[pb.Item(id="a")]), "neither"),
         ]  # fmt: skip

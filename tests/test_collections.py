@@ -6,12 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from visionsearch_client import Client, Item
 
 from server.app import create_server
 from server.config import Config
 from server.services import Services
 from tests.conftest import LION, _store_for
-from visionsearch_client import Client, Item
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -25,7 +25,9 @@ def test_crud_round_trip(client: Client, fresh_name: str) -> None:
     assert (info.name, info.dim, info.metric, info.count) == (fresh_name, 16, "cosine", 0)
     assert fresh_name in [c.name for c in client.list_collections()]
     vecs = _unit(rng, 50, 16)
-    count = client.upsert(fresh_name, [Item(f"v{i}", vector=vecs[i], payload={"n": str(i)}) for i in range(50)])
+    count = client.upsert(
+        fresh_name, [Item(f"v{i}", vector=vecs[i], payload={"n": str(i)}) for i in range(50)]
+    )
     assert count == 50 == client.count(fresh_name)
     hits = client.search(fresh_name, vector=vecs[7], k=3)
     assert hits[0].id == "v7" and hits[0].payload == {"n": "7"} and abs(hits[0].score - 1) < 1e-5
@@ -72,7 +74,9 @@ def test_collections_survive_a_restart(base_config: Config, services: Services, 
     vecs = _unit(rng, 30, 8)
 
     def start():  # type: ignore[no-untyped-def]
-        own = Services(config, _store_for(config, services), services.images, services.words, services.word_index)
+        own = Services(
+            config, _store_for(config, services), services.images, services.words, services.word_index
+        )
         return create_server(config, own)
 
     first = start()

@@ -10,20 +10,23 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from google.protobuf.descriptor_pool import DescriptorPool
+from visionsearch_client import Client, Item, VisionSearchError
 
 from server.app import SERVICE_NAMES, Running
 from tests.conftest import LION, ServerProcess
-from visionsearch_client import Client, Item, VisionSearchError
 
 
 def test_health_reports_every_service(server: Running) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         for name in ("", *SERVICE_NAMES):
-            assert stub.Check(health_pb2.HealthCheckRequest(service=name)).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                stub.Check(health_pb2.HealthCheckRequest(service=name)).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         with pytest.raises(grpc.RpcError) as info:
             stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -53,7 +56,9 @@ def _unit(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_sigterm_drains_in_flight_calls_and_flushes(spawn_server: type[ServerProcess], tmp_path: Path) -> None:
+def test_sigterm_drains_in_flight_calls_and_flushes(
+    spawn_server: type[ServerProcess], tmp_path: Path
+) -> None:
     proc = spawn_server(tmp_path)
     c = Client(proc.address, timeout=120)
     c.create_collection("photos", embedder="mobilenet_v2")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+from visionsearch_client import Client
 
 from tests.conftest import LION, TEST_FASHION_SAMPLE
-from visionsearch_client import Client
 
 
 def test_said_neighbours_match_the_seed(client: Client) -> None:
@@ -14,11 +16,13 @@ def test_said_neighbours_match_the_seed(client: Client) -> None:
     assert words[0] == "said" and hits[0].distance < 1e-5
     assert {"told", "says"} <= set(words)
     assert "warned" in words
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
 def test_query_words_are_lower_cased(client: Client) -> None:
-    assert [h.word for h in client.nearest_words("SAID", k=3)] == [h.word for h in client.nearest_words("said", k=3)]
+    assert [h.word for h in client.nearest_words("SAID", k=3)] == [
+        h.word for h in client.nearest_words("said", k=3)
+    ]
 
 
 def test_cat_stamp_returns_animals_before_anything_else(client: Client) -> None:

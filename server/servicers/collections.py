@@ -6,15 +6,17 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from server.errors import Error, fail, rpc_method
-from server.services import Services
 from server.servicers.common import check_deadline
+from server.services import Services
 from server.storage import Collection, CollectionSettings
 from server.wire import METRIC_ENUMS, METRIC_NAMES, vector_from_pb, vector_to_pb
 
 
 def collection_info(c: Collection) -> pb.CollectionInfo:
     st = c.settings
-    config = pb.CollectionConfig(name=st.name, dim=st.dim, metric=METRIC_ENUMS[st.metric], embedder=st.embedder)
+    config = pb.CollectionConfig(
+        name=st.name, dim=st.dim, metric=METRIC_ENUMS[st.metric], embedder=st.embedder
+    )
     return pb.CollectionInfo(config=config, count=len(c))
 
 
@@ -23,7 +25,9 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         self.s = services
 
     @rpc_method
-    def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext) -> pb.CollectionInfo:
+    def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.CollectionInfo:
         cfg = request.config
         metric = pb.METRIC_COSINE if cfg.metric == pb.METRIC_UNSPECIFIED else cfg.metric
         if metric not in METRIC_NAMES:
@@ -32,7 +36,9 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         return collection_info(self.s.store.create(settings))
 
     @rpc_method
-    def GetCollection(self, request: pb.GetCollectionRequest, context: grpc.ServicerContext) -> pb.CollectionInfo:
+    def GetCollection(
+        self, request: pb.GetCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.CollectionInfo:
         return collection_info(self.s.store.get(request.name))
 
     @rpc_method
@@ -74,7 +80,9 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
                 fail(Error.BAD_REQUEST, f"item {n} ({item.id!r}) has neither a vector nor an image")
         if images:
             if c.settings.embedder != self.s.images.model_name:
-                fail(Error.PRECONDITION, f"collection {c.name!r} has no image embedder: upsert vectors instead")
+                fail(
+                    Error.PRECONDITION, f"collection {c.name!r} has no image embedder: upsert vectors instead"
+                )
             check_deadline(context, "embedding the items' images")
             vectors[image_slots] = self.s.images.embed(images)
         prepared = c.prepare_vectors(vectors, "an item's vector")

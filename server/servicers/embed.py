@@ -5,8 +5,8 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from server.errors import Error, fail, rpc_method
-from server.services import Services
 from server.servicers.common import check_deadline
+from server.services import Services
 from server.wire import vector_to_pb
 
 

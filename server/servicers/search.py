@@ -6,8 +6,8 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from server.errors import Error, fail, rpc_method
-from server.services import Services
 from server.servicers.common import check_deadline
+from server.services import Services
 from server.storage import Collection
 from server.wire import check_k, vector_from_pb, vector_to_pb
 

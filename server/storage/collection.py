@@ -42,7 +42,8 @@ class CollectionSettings:
         if self.embedder and self.embedder not in known_embedders:
             fail(
                 Error.BAD_REQUEST,
-                f"embedder {self.embedder!r} is unknown; use one of {sorted(known_embedders)} or leave it empty",
+                f"embedder {self.embedder!r} is unknown; "
+                f"use one of {sorted(known_embedders)} or leave it empty",
             )
         if not 1 <= self.dim <= MAX_DIM:
             fail(Error.BAD_REQUEST, f"dim must be between 1 and {MAX_DIM}, got {self.dim}")
@@ -140,7 +141,9 @@ class Collection:
         with self._lock:
             view = self._view
             return [
-                (i, view.payloads[self._rows[i]], view.index.vector(self._rows[i])) for i in ids if i in self._rows
+                (i, view.payloads[self._rows[i]], view.index.vector(self._rows[i]))
+                for i in ids
+                if i in self._rows
             ]
 
     def vector_of(self, item_id: str) -> np.ndarray:
@@ -228,9 +231,9 @@ class Collection:
             if replaced:
                 view.index.remove(np.array(replaced, dtype=np.int64))
         elif record["op"] == "delete":
-            rows = [self._rows.pop(i) for i in record["ids"] if i in self._rows]
-            if rows:
-                view.index.remove(np.array(rows, dtype=np.int64))
+            gone = [self._rows.pop(i) for i in record["ids"] if i in self._rows]
+            if gone:
+                view.index.remove(np.array(gone, dtype=np.int64))
         else:
             raise ValueError(f"unknown log record {record['op']!r}")
 

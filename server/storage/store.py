@@ -15,7 +15,9 @@ log = logging.getLogger("visionsearch.store")
 
 
 class CollectionStore:
-    def __init__(self, data_dir: Path, *, known_embedders: dict[str, int], fsync: bool, snapshot_wal_bytes: int):
+    def __init__(
+        self, data_dir: Path, *, known_embedders: dict[str, int], fsync: bool, snapshot_wal_bytes: int
+    ):
         self.root = data_dir / "collections"
         self.root.mkdir(parents=True, exist_ok=True)
         self._known_embedders = known_embedders

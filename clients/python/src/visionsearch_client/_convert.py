@@ -24,7 +24,7 @@ class VisionSearchError(Exception):
 
     @classmethod
     def from_rpc_error(cls, e: grpc.RpcError) -> VisionSearchError:
-        return cls(e.code(), e.details() or "")  # type: ignore[attr-defined]
+        return cls(e.code(), e.details() or "")
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,13 @@ def create_request(name: str, dim: int, metric: str, embedder: str) -> pb.Create
 
 def hits(resp: pb.SearchResponse) -> list[Hit]:
     return [
-        Hit(h.id, h.score, h.distance, dict(h.payload), from_vector(h.vector) if h.HasField("vector") else None)
+        Hit(
+            h.id,
+            h.score,
+            h.distance,
+            dict(h.payload),
+            from_vector(h.vector) if h.HasField("vector") else None,
+        )
         for h in resp.hits
     ]
 

@@ -51,10 +51,14 @@ class AsyncClient:
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def embed_image(self, image: bytes, timeout: float | None = None) -> np.ndarray:
-        return cv.from_vector((await self._call(self._embed.Embed, pb.EmbedRequest(image=image), timeout)).vector)
+        return cv.from_vector(
+            (await self._call(self._embed.Embed, pb.EmbedRequest(image=image), timeout)).vector
+        )
 
     async def embed_word(self, word: str, timeout: float | None = None) -> np.ndarray:
-        return cv.from_vector((await self._call(self._embed.Embed, pb.EmbedRequest(word=word), timeout)).vector)
+        return cv.from_vector(
+            (await self._call(self._embed.Embed, pb.EmbedRequest(word=word), timeout)).vector
+        )
 
     async def search(
         self,
@@ -69,7 +73,13 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> list[Hit]:
         req = cv.search_request(
-            collection, vector=vector, image=image, id=id, k=k, with_payload=with_payload, with_vector=with_vector
+            collection,
+            vector=vector,
+            image=image,
+            id=id,
+            k=k,
+            with_payload=with_payload,
+            with_vector=with_vector,
         )
         return cv.hits(await self._call(self._search.Search, req, timeout))
 
@@ -81,7 +91,12 @@ class AsyncClient:
         return cv.word_hits((await self._call(self._tag.Tag, pb.TagRequest(image=image, k=k), timeout)).tags)
 
     async def create_collection(
-        self, name: str, dim: int = 0, metric: str = "cosine", embedder: str = "", timeout: float | None = None
+        self,
+        name: str,
+        dim: int = 0,
+        metric: str = "cosine",
+        embedder: str = "",
+        timeout: float | None = None,
     ) -> CollectionInfo:
         req = cv.create_request(name, dim, metric, embedder)
         return cv.info(await self._call(self._collections.CreateCollection, req, timeout))

@@ -86,7 +86,13 @@ class Client:
         timeout: float | None = None,
     ) -> list[Hit]:
         req = cv.search_request(
-            collection, vector=vector, image=image, id=id, k=k, with_payload=with_payload, with_vector=with_vector
+            collection,
+            vector=vector,
+            image=image,
+            id=id,
+            k=k,
+            with_payload=with_payload,
+            with_vector=with_vector,
         )
         return cv.hits(self._call(self._search.Search, req, timeout))
 
@@ -100,7 +106,12 @@ class Client:
     # ---------------------------------------------------------------- collections
 
     def create_collection(
-        self, name: str, dim: int = 0, metric: str = "cosine", embedder: str = "", timeout: float | None = None
+        self,
+        name: str,
+        dim: int = 0,
+        metric: str = "cosine",
+        embedder: str = "",
+        timeout: float | None = None,
     ) -> CollectionInfo:
         req = cv.create_request(name, dim, metric, embedder)
         return cv.info(self._call(self._collections.CreateCollection, req, timeout))

@@ -1,0 +1,30 @@
+# The two commands a new user needs:  `make serve`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VISIONSEARCH_VENV := $(abspath $(VENV))
+
+.PHONY: install serve test lint typecheck protos bench
+
+install:
+	@scripts/setup.sh
+
+# Installs everything, then serves the embedded default collection on 127.0.0.1:50051 (Ctrl-C stops it).
+serve: install
+	$(PY) -m server
+
+# Installs everything, then lints, type-checks and runs the whole test suite.
+test: install lint typecheck
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck:
+	$(VENV)/bin/mypy
+
+protos:
+	scripts/gen_protos.sh
+
+bench:
+	$(PY) bench/exact.py
