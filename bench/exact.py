@@ -24,7 +24,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -38,12 +37,10 @@ import faiss
 import numba
 import numpy as np
 
+from embedder.datasets import fashion_mnist
 from kernels.normalize import l2_normalize
 from kernels.topk import topk_inner_product
 
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-TRAIN_IMAGES = DATA_DIR / "train-images-idx3-ubyte.gz"
-TEST_IMAGES = DATA_DIR / "t10k-images-idx3-ubyte.gz"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "exact.json"
 BATCH_SIZES = (1, 64)
 TARGETS = {64: 1.5, 1: 1.0}  # batch size -> minimum numba/numpy throughput ratio
@@ -63,23 +60,10 @@ class Result:
     agreement_vs_numpy: float = float("nan")
 
 
-def read_idx_images(path: Path, limit: int | None = None) -> np.ndarray:
-    """The images of a gzipped IDX file as an (n, rows*cols) uint8 matrix, at most ``limit`` of them."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    zero, dtype_code, ndim = raw[0:2], raw[2], raw[3]
-    if zero != b"\x00\x00" or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an IDX file of uint8 (magic {raw[:4].hex()})")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    pixels = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    images = pixels.reshape(dims[0], int(np.prod(dims[1:])))
-    return images if limit is None else images[:limit]
-
-
 def load_data(n_base: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit-norm float32 ``(base, queries)``."""
-    base = read_idx_images(TRAIN_IMAGES, n_base)
-    queries = read_idx_images(TEST_IMAGES, n_queries)
+    base = fashion_mnist("train")[0][:n_base].reshape(-1, 784)
+    queries = fashion_mnist("test")[0][:n_queries].reshape(-1, 784)
     if base.shape[0] < n_base or queries.shape[0] < n_queries:
         raise ValueError(f"asked for {n_base} base / {n_queries} queries, have {len(base)} / {len(queries)}")
     return l2_normalize(base), l2_normalize(queries)

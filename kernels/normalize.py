@@ -19,7 +19,11 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _has_nonfinite(x: np.ndarray) -> bool:
     flat = x.reshape(-1)
-    return any(not np.isfinite(flat[i]) for i in range(flat.size))
+    # An explicit loop: Numba cannot compile a generator inside any(), and the loop exits at the first hit.
+    for i in range(flat.size):  # noqa: SIM110
+        if not np.isfinite(flat[i]):
+            return True
+    return False
 
 
 def _as_f32_matrix(x: np.ndarray) -> np.ndarray:

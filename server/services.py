@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedder import ImageEmbedder, WordVectors
+from embedder.image import ImageEmbedder
+from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
 from server.config import Config
 from server.storage import CollectionStore
