@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from embedder.errors import AssetMissing
 from server import logs
-from server.app import serve
+from server.app import AddressUnavailable, serve
 from server.config import Config
 
 
@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_level)
     try:
         serve(config)
-    except AssetMissing as e:
+    except (AssetMissing, AddressUnavailable) as e:
         print(f"visionsearch-server: {e}", file=sys.stderr)
         return 1
     return 0

@@ -23,6 +23,10 @@ log = logging.getLogger("visionsearch.server")
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 
 
+class AddressUnavailable(OSError):
+    """The configured address cannot be bound."""
+
+
 class Running:
     """A started server and what it serves; ``stop`` drains calls and flushes collections to disk."""
 
@@ -51,15 +55,25 @@ class Running:
 
 def create_server(config: Config, services: Services | None = None) -> Running:
     """Build and start a server on ``config.address`` (port 0 picks a free one); returns it with its port."""
-    services = services or Services.start(config)
-    if config.default_collection:
-        ensure_default_collection(services)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+    # Bind first: a taken port should fail in a second, not after minutes of model loading and indexing.
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise AddressUnavailable(
+            f"cannot listen on {config.address} (is another server using it?): "
+            "choose another with --address or VISIONSEARCH_ADDRESS"
+        )
+    services = services or Services.start(config)
+    if config.default_collection:
+        ensure_default_collection(services)
     pb_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(services), server)
     pb_grpc.add_SearchServiceServicer_to_server(SearchServicer(services), server)
     pb_grpc.add_TagServiceServicer_to_server(TagServicer(services), server)
@@ -69,9 +83,6 @@ def create_server(config: Config, services: Services | None = None) -> Running:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.address)
-    if port == 0:
-        raise OSError(f"could not bind {config.address}")
     server.start()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

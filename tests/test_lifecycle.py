@@ -128,3 +128,29 @@ def test_kill_9_loses_no_acknowledged_upsert(spawn_server: type[ServerProcess], 
         # The recovered collection keeps taking writes.
         c.upsert("stream", [Item("after", vector=vecs[0])])
         assert c.count("stream") == count + 1
+
+
+def test_a_taken_port_is_a_clear_error(server: Running, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--address",
+            f"127.0.0.1:{server.port}",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in out.stderr
+    assert "Traceback" not in out.stderr

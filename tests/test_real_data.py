@@ -78,3 +78,25 @@ def test_hits_carry_payload_and_vector_on_request(client: Client) -> None:
     assert hit.vector is not None and abs(float(np.linalg.norm(hit.vector)) - 1) < 1e-4
     bare = client.search("default", image=LION.read_bytes(), k=1, with_payload=False)[0]
     assert bare.payload == {} and bare.vector is None
+
+
+def test_jpeg_webp_and_png_of_one_photo_embed_alike(client: Client) -> None:
+    import io
+
+    from PIL import Image
+
+    rgba = Image.open(LION)
+    flat = Image.new("RGB", rgba.size, "white")
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    vectors = {}
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        buf = io.BytesIO()
+        flat.save(buf, fmt, quality=95)
+        vectors[fmt] = client.embed_image(buf.getvalue())
+    png = vectors["PNG"] / np.linalg.norm(vectors["PNG"])
+    for fmt in ("JPEG", "WEBP"):
+        other = vectors[fmt] / np.linalg.norm(vectors[fmt])
+        assert float(png @ other) > 0.95, fmt
+    # Alpha is composited on white: the transparent original embeds like the flattened copy.
+    original = client.embed_image(LION.read_bytes())
+    assert float(png @ (original / np.linalg.norm(original))) > 0.999
