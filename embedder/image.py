@@ -89,6 +89,11 @@ class ImageEmbedder:
         # One forward at a time: torch already uses every configured thread inside one forward.
         self._lock = threading.Lock()
 
+    def classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ImageNet classifier on top of the features: weight (1000, 1280) and bias (1000,)."""
+        linear = self._classifier[-1]
+        return linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
+
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """(m, 3, 224, 224) preprocessed images -> (m, 1280) float32 features."""
         out = []

@@ -41,6 +41,7 @@ class Config:
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept a str from callers in code
         positive = (
             "workers",
             "torch_threads",

@@ -23,6 +23,8 @@ from server.storage import Collection, CollectionSettings
 log = logging.getLogger("visionsearch.default")
 
 NAME = "default"
+# ConSE needs no training, so the embedded collection can be searched with words from the first start.
+JOINT = "conse:spacy"
 _BATCH = 32
 
 Pending = tuple[str, dict[str, str], Callable[[], np.ndarray]]
@@ -65,12 +67,15 @@ def ensure_default_collection(services: Services) -> Collection:
     if NAME in {c.name for c in store.list()}:
         collection = store.get(NAME)
     else:
-        collection = store.create(CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name))
+        collection = store.create(
+            CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name, JOINT)
+        )
     wanted = [
         *_stamp_items(services.config.max_pixels),
         *_fashion_items(services.config.fashion_sample),
     ]
     missing = [p for p in wanted if p[0] not in collection]
+    conse = services.joints.get(collection.settings.joint) if collection.settings.joint else None
     if not missing:
         log.info("default collection ready: %d items", len(collection))
         return collection
@@ -81,9 +86,9 @@ def ensure_default_collection(services: Services) -> Collection:
         for start in range(0, len(missing), _BATCH):
             batch = missing[start : start + _BATCH]
             features = embedder.embed_arrays(np.stack([load() for _, _, load in batch]))
-            collection.upsert(
-                [b[0] for b in batch], collection.prepare_vectors(features), [b[1] for b in batch]
-            )
+            joint = collection.prepare_joint(conse.project(features)) if conse else None
+            ids, payloads = [b[0] for b in batch], [b[1] for b in batch]
+            collection.upsert(ids, collection.prepare_vectors(features), payloads, joint)
             bar.update(len(batch))
     collection.snapshot()
     log.info("default collection ready: %d items", len(collection))

@@ -1,17 +1,20 @@
-"""The objects the servicers share: configuration, collections, embedders and the word index."""
+"""The objects the servicers share: configuration, collections, embedders, joint spaces and word indexes."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from embedder.image import ImageEmbedder
+from embedder.joint import JointRegistry
 from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
 from server.config import Config
+from server.errors import Error, fail
 from server.storage import CollectionStore
 
 log = logging.getLogger("visionsearch.services")
@@ -24,6 +27,9 @@ class Services:
     images: ImageEmbedder
     words: WordVectors
     word_index: ExactIndex
+    joints: JointRegistry
+    _vocab_indexes: dict[str, tuple[list[str], ExactIndex]] = field(default_factory=dict)
+    _vocab_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def start(cls, config: Config) -> Services:
@@ -32,18 +38,49 @@ class Services:
         words = WordVectors()
         word_index = ExactIndex(words.dim, capacity=len(words.words))
         word_index.add(l2_normalize(words.vocabulary_matrix()))
-        store = CollectionStore(
-            config.data_dir,
-            known_embedders={images.model_name: images.dim},
-            fsync=config.fsync,
-            snapshot_wal_bytes=config.snapshot_wal_bytes,
+        joints = JointRegistry(
+            images, words, cache_dir=config.data_dir / "cache", threads=config.torch_threads
         )
+        store = open_store(config, images, joints)
         log.info("models and collections loaded in %.1fs", time.perf_counter() - t0)
-        return cls(config, store, images, words, word_index)
+        return cls(config, store, images, words, word_index, joints)
+
+    def with_store(self, config: Config) -> Services:
+        """The same models over another data folder (tests run several servers on one set of models)."""
+        return Services(config, open_store(config, self.images, self.joints), self.images, self.words,
+                        self.word_index, self.joints)  # fmt: skip
 
     def nearest_words(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
         scores, rows = self.word_index.search(l2_normalize(vector[None, :]), k)
         return [(self.words.words[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True)]
 
+    def joint(self, name: str):  # type: ignore[no-untyped-def]
+        try:
+            return self.joints.get(name)
+        except KeyError:
+            fail(
+                Error.BAD_REQUEST, f"joint space {name!r} is unknown; use one of {sorted(self.joints.dims())}"
+            )
+
+    def vocabulary_index(self, text_name: str) -> tuple[list[str], ExactIndex]:
+        """The default tagging vocabulary of a text space, indexed once."""
+        with self._vocab_lock:
+            if text_name not in self._vocab_indexes:
+                words, matrix = self.joints.text(text_name).vocabulary()
+                index = ExactIndex(matrix.shape[1], capacity=len(words))
+                index.add(matrix)
+                self._vocab_indexes[text_name] = (words, index)
+            return self._vocab_indexes[text_name]
+
     def close(self) -> None:
         self.store.close()
+
+
+def open_store(config: Config, images: ImageEmbedder, joints: JointRegistry) -> CollectionStore:
+    return CollectionStore(
+        config.data_dir,
+        known_embedders={images.model_name: images.dim},
+        known_joints=joints.dims(),
+        fsync=config.fsync,
+        snapshot_wal_bytes=config.snapshot_wal_bytes,
+    )

@@ -71,23 +71,12 @@ def fresh_name(request: pytest.FixtureRequest) -> str:
 def small_server(base_config: Config, services: Services, tmp_path: Path) -> Iterator[tuple[Running, Client]]:
     """A server with its own data folder, no default collection and a 1 MiB message limit."""
     config = replace(base_config, data_dir=tmp_path, default_collection=False, max_message_bytes=1024 * 1024)
-    own = Services(config, _store_for(config, services), services.images, services.words, services.word_index)
+    own = services.with_store(config)
     running = create_server(config, own)
     with Client(f"127.0.0.1:{running.port}", timeout=60, max_message_bytes=64 * 1024 * 1024) as c:
         yield running, c
     running.server.stop(0).wait()
     own.close()
-
-
-def _store_for(config: Config, services: Services):  # type: ignore[no-untyped-def]
-    from server.storage import CollectionStore
-
-    return CollectionStore(
-        config.data_dir,
-        known_embedders={services.images.model_name: services.images.dim},
-        fsync=config.fsync,
-        snapshot_wal_bytes=config.snapshot_wal_bytes,
-    )
 
 
 class ServerProcess:

@@ -37,9 +37,8 @@ def test_async_client_round_trip(server: Running, fresh_name: str) -> None:
             with pytest.raises(VisionSearchError) as info:
                 await c.search("missing", vector=[1, 0, 0], k=1)
             assert info.value.code == grpc.StatusCode.NOT_FOUND
-            with pytest.raises(VisionSearchError) as info:
-                await c.tag(LION.read_bytes())
-            assert info.value.code == grpc.StatusCode.UNIMPLEMENTED
+            tags = await c.tag(LION.read_bytes(), k=3, vocabulary=["cat", "car", "spoon"])
+            assert tags[0].word == "cat"
             await c.drop_collection(fresh_name)
 
     asyncio.run(main())

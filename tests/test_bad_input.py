@@ -214,7 +214,3 @@ def test_message_over_the_size_limit(small_server: tuple[Running, Client]) -> No
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert c.count("big") == 0
     assert c.upsert("big", [Item(str(i), vector=rows[i]) for i in range(100)]) == 100
-
-
-def test_tag_is_unimplemented_for_now(client: Client) -> None:
-    refused(lambda: client.tag(LION.read_bytes()), grpc.StatusCode.UNIMPLEMENTED, "joint image-word space")

@@ -11,7 +11,7 @@ from visionsearch_client import Client, Item
 from server.app import create_server
 from server.config import Config
 from server.services import Services
-from tests.conftest import LION, _store_for
+from tests.conftest import LION
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -74,9 +74,7 @@ def test_collections_survive_a_restart(base_config: Config, services: Services, 
     vecs = _unit(rng, 30, 8)
 
     def start():  # type: ignore[no-untyped-def]
-        own = Services(
-            config, _store_for(config, services), services.images, services.words, services.word_index
-        )
+        own = services.with_store(config)
         return create_server(config, own)
 
     first = start()

@@ -140,3 +140,25 @@ def test_prepare_vectors_names_the_bad_row(tmp_path: Path) -> None:
     bad[2] = 0
     with pytest.raises(ServiceError, match=r"row 2\) is all zeros"):
         c.prepare_vectors(bad)
+
+
+def test_joint_vectors_persist_through_log_and_snapshot(tmp_path: Path) -> None:
+    settings = CollectionSettings("j", 8, "cosine", "mobilenet_v2", "conse:spacy", 5)
+    c = Collection.create(tmp_path / "j", settings, fsync=False, snapshot_wal_bytes=1 << 30)
+    v = _vecs(6)
+    joint = np.random.default_rng(7).standard_normal((6, 5)).astype(np.float32)
+    joint /= np.linalg.norm(joint, axis=1, keepdims=True)
+    c.upsert([f"i{n}" for n in range(4)], v[:4], [{}] * 4, joint[:4])
+    c.delete(["i1"])
+    c.upsert(["i2"], v[4:5], [{}], joint[4:5])  # replaces i2 in both spaces
+
+    def check(col: Collection) -> None:
+        for item_id, row in (("i0", 0), ("i2", 4), ("i3", 3)):
+            np.testing.assert_allclose(col.vector_of(item_id, joint=True), joint[row], atol=1e-6)
+        hits = col.search(joint[4:5], 3, joint=True)[0]
+        assert hits[0].id == "i2" and {h.id for h in hits} == {"i0", "i2", "i3"}
+
+    check(Collection.open(tmp_path / "j", fsync=False, snapshot_wal_bytes=1 << 30))  # from the log
+    c.close()
+    assert (tmp_path / "j" / "joint-1.npy").exists()
+    check(Collection.open(tmp_path / "j", fsync=False, snapshot_wal_bytes=1 << 30))  # from the snapshot

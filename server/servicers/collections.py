@@ -15,9 +15,9 @@ from server.wire import METRIC_ENUMS, METRIC_NAMES, vector_from_pb, vector_to_pb
 def collection_info(c: Collection) -> pb.CollectionInfo:
     st = c.settings
     config = pb.CollectionConfig(
-        name=st.name, dim=st.dim, metric=METRIC_ENUMS[st.metric], embedder=st.embedder
+        name=st.name, dim=st.dim, metric=METRIC_ENUMS[st.metric], embedder=st.embedder, joint=st.joint
     )
-    return pb.CollectionInfo(config=config, count=len(c))
+    return pb.CollectionInfo(config=config, count=len(c), joint_dim=st.joint_dim)
 
 
 class CollectionServicer(pb_grpc.CollectionServiceServicer):
@@ -32,7 +32,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         metric = pb.METRIC_COSINE if cfg.metric == pb.METRIC_UNSPECIFIED else cfg.metric
         if metric not in METRIC_NAMES:
             fail(Error.BAD_REQUEST, f"metric {cfg.metric} is not a known Metric value")
-        settings = CollectionSettings(cfg.name, cfg.dim, METRIC_NAMES[metric], cfg.embedder)
+        settings = CollectionSettings(cfg.name, cfg.dim, METRIC_NAMES[metric], cfg.embedder, cfg.joint)
         return collection_info(self.s.store.create(settings))
 
     @rpc_method
@@ -86,7 +86,10 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             check_deadline(context, "embedding the items' images")
             vectors[image_slots] = self.s.images.embed(images)
         prepared = c.prepare_vectors(vectors, "an item's vector")
-        upserted = c.upsert([i.id for i in request.items], prepared, [dict(i.payload) for i in request.items])
+        joint = c.prepare_joint(self.s.joint(c.settings.joint).project(vectors)) if c.settings.joint else None
+        upserted = c.upsert(
+            [i.id for i in request.items], prepared, [dict(i.payload) for i in request.items], joint
+        )
         return pb.UpsertResponse(upserted=upserted, count=len(c))
 
     @rpc_method

@@ -5,6 +5,7 @@ import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from embedder.errors import UnknownWord
 from server.errors import Error, fail, rpc_method
 from server.servicers.common import check_deadline
 from server.services import Services
@@ -21,28 +22,49 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         k = check_k(request.k, self.s.config.max_k)
         c = self.s.store.get(request.collection)
         which = request.WhichOneof("query")
+        joint = request.space == pb.SPACE_JOINT or (which == "text" and request.space == pb.SPACE_UNSPECIFIED)
+        if which == "text" and request.space == pb.SPACE_IMAGE:
+            fail(Error.BAD_REQUEST, "text queries search the joint space; leave `space` unset or SPACE_JOINT")
+        if joint and not c.settings.joint:
+            fail(
+                Error.PRECONDITION,
+                f"collection {c.name!r} has no joint image-word space: create it with `joint` set "
+                "(e.g. conse:spacy) to search it with words or in SPACE_JOINT",
+            )
+        notes: list[str] = []
         exclude = None
         if which == "vector":
-            query = c.prepare_vectors(vector_from_pb(request.vector, "query vector")[None, :], "query vector")
+            raw = vector_from_pb(request.vector, "query vector")[None, :]
+            query = (
+                self._project(c, raw, context, "query vector")
+                if joint
+                else c.prepare_vectors(raw, "query vector")
+            )
         elif which == "image":
-            query = c.prepare_vectors(self._embed_image(c, request.image, context), "query image's embedding")
+            features = self._embed_image(c, request.image, context)
+            query = (
+                self._project(c, features, context, "query image") if joint else c.prepare_vectors(features)
+            )
         elif which == "id":
             # "More like this": the item itself is not one of its own neighbours.
-            query = c.vector_of(request.id)[None, :]
+            query = c.vector_of(request.id, joint=joint)[None, :]
             exclude = request.id
+        elif which == "text":
+            query = self._text_query(c, request.text, notes)
         else:
-            fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image` or `id`")
-        hits = c.search(query, k + (exclude is not None))[0]
+            fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image`, `id` or `text`")
+        hits = c.search(query, k + (exclude is not None), joint=joint)[0]
         if exclude is not None:
             hits = [h for h in hits if h.id != exclude][:k]
-        cosine = c.settings.metric == "cosine"
-        resp = pb.SearchResponse()
+        cosine = joint or c.settings.metric == "cosine"
+        resp = pb.SearchResponse(notes=notes)
         for h in hits:
             hit = resp.hits.add(id=h.id, score=h.score, distance=1.0 - h.score if cosine else -h.score)
             if request.with_payload:
                 hit.payload.update(h.payload)
             if request.with_vector:
-                hit.vector.CopyFrom(vector_to_pb(c.vector_of_row(h.row)))
+                vec = c.vector_of(h.id, joint=joint) if joint else c.vector_of_row(h.row)
+                hit.vector.CopyFrom(vector_to_pb(vec))
         return resp
 
     def _embed_image(self, c: Collection, image: bytes, context: grpc.ServicerContext) -> np.ndarray:
@@ -53,6 +75,38 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         check_deadline(context, "embedding the query image")
         return self.s.images.embed([image])
+
+    def _project(
+        self, c: Collection, features: np.ndarray, context: grpc.ServicerContext, what: str
+    ) -> np.ndarray:
+        if features.shape[1] != c.settings.dim:
+            fail(
+                Error.BAD_REQUEST,
+                f"{what} has dimension {features.shape[1]}, the image space {c.settings.dim}",
+            )
+        return c.prepare_joint(self.s.joint(c.settings.joint).project(features))
+
+    def _text_query(self, c: Collection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:
+        space = self.s.joint(c.settings.joint).text
+        kind = text.WhichOneof("text")
+        if kind == "sentence":
+            if not text.sentence.strip():
+                fail(Error.BAD_REQUEST, "sentence is empty")
+            try:
+                return c.prepare_joint(space.encode([text.sentence]))
+            except UnknownWord:
+                fail(Error.NOT_FOUND, f"no word of the sentence {text.sentence!r} is in the vocabulary")
+        words = [w.strip() for w in text.words.words if w.strip()] if kind == "words" else []
+        if not words:
+            fail(Error.BAD_REQUEST, "the word list is empty: give at least one word")
+        known = [w for w in words if space.known(w)]
+        unknown = [w for w in words if not space.known(w)]
+        if not known:
+            fail(Error.NOT_FOUND, f"none of the words {words} is in the vocabulary")
+        if unknown:
+            notes.append(f"skipped words not in the vocabulary: {', '.join(unknown)}")
+        # The seed's recipe for several words: the normalised mean of their unit vectors.
+        return c.prepare_joint(space.encode(known).mean(axis=0, keepdims=True))
 
     @rpc_method
     def NearestWords(

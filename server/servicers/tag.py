@@ -1,11 +1,18 @@
 from __future__ import annotations
 
 import grpc
+import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from kernels import topk_inner_product
 from server.errors import Error, fail, rpc_method
+from server.servicers.common import check_deadline
 from server.services import Services
+from server.wire import check_k
+
+DEFAULT_JOINT = "conse:spacy"
+MAX_VOCABULARY = 50_000
 
 
 class TagServicer(pb_grpc.TagServiceServicer):
@@ -14,8 +21,36 @@ class TagServicer(pb_grpc.TagServiceServicer):
 
     @rpc_method
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> pb.TagResponse:
-        fail(
-            Error.UNIMPLEMENTED,
-            "Tag needs the joint image-word space (ConSE or a trained DeViSE head), which this server does "
-            "not serve yet; use NearestWords for word -> word and Search for image -> image",
-        )
+        k = check_k(request.k, self.s.config.max_k)
+        joint = self.s.joint(request.joint or DEFAULT_JOINT)
+        words, matrix = self._vocabulary(list(request.vocabulary), joint.text)
+        check_deadline(context, "embedding the image")
+        vec = joint.project(self.s.images.embed([request.image]))
+        norm = float(np.linalg.norm(vec))
+        vec = (vec / (norm or 1.0)).astype(np.float32)
+        if words is None:
+            names, index = self.s.vocabulary_index(joint.text.name)
+            scores, rows = index.search(vec, k)
+        else:
+            names = words
+            scores, rows = topk_inner_product(matrix, vec, k)
+        resp = pb.TagResponse(joint=joint.name)
+        for s, r in zip(scores[0], rows[0], strict=True):
+            resp.tags.add(word=names[r], score=float(s), distance=max(0.0, 1.0 - float(s)))
+        return resp
+
+    def _vocabulary(self, vocabulary: list[str], text):  # type: ignore[no-untyped-def]
+        if not vocabulary:
+            return None, None
+        if len(vocabulary) > MAX_VOCABULARY:
+            fail(Error.BAD_REQUEST, f"vocabulary has {len(vocabulary)} words; at most {MAX_VOCABULARY}")
+        words = list(dict.fromkeys(w.strip().lower() for w in vocabulary))
+        if "" in words:
+            fail(Error.BAD_REQUEST, "vocabulary contains an empty word")
+        unknown = [w for w in words if not text.known(w)]
+        if unknown:
+            fail(
+                Error.BAD_REQUEST,
+                f"vocabulary words not in the {text.name} vocabulary: {', '.join(unknown[:20])}; remove them",
+            )
+        return words, text.encode(words)

@@ -33,8 +33,11 @@ class CollectionSettings:
     dim: int
     metric: str = "cosine"
     embedder: str = ""
+    # A joint image-word space kept beside the image space ("conse:spacy", "head:NAME", ...), and its width.
+    joint: str = ""
+    joint_dim: int = 0
 
-    def validate(self, known_embedders: dict[str, int]) -> None:
+    def validate(self, known_embedders: dict[str, int], known_joints: dict[str, int]) -> None:
         if not NAME_RE.match(self.name):
             fail(Error.BAD_REQUEST, f"collection name {self.name!r} must be 1-64 characters of [A-Za-z0-9_-]")
         if self.metric not in METRICS:
@@ -47,6 +50,17 @@ class CollectionSettings:
             )
         if not 1 <= self.dim <= MAX_DIM:
             fail(Error.BAD_REQUEST, f"dim must be between 1 and {MAX_DIM}, got {self.dim}")
+        if self.joint:
+            if self.joint not in known_joints:
+                fail(
+                    Error.BAD_REQUEST,
+                    f"joint space {self.joint!r} is unknown; "
+                    f"use one of {sorted(known_joints)} or leave it empty",
+                )
+            if not self.embedder:
+                fail(Error.BAD_REQUEST, "a joint space maps image features: set an embedder too")
+            if self.joint_dim != known_joints[self.joint]:
+                fail(Error.INTERNAL, f"joint_dim {self.joint_dim} != {known_joints[self.joint]}")
         if self.embedder and known_embedders[self.embedder] != self.dim:
             fail(
                 Error.BAD_REQUEST,
@@ -66,6 +80,7 @@ class Hit:
 @dataclass(frozen=True)
 class _View:
     index: ExactIndex
+    joint: ExactIndex | None  # same rows as ``index``
     row_ids: list[str]  # append-only; a cleared row keeps its old id
     payloads: list[dict[str, str]]
 
@@ -83,9 +98,9 @@ class Collection:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._generation = snapshot.current_generation(folder)
-        data = snapshot.load(folder, self._generation, settings.dim)
+        data = snapshot.load(folder, self._generation, settings.dim, settings.joint_dim)
         self._rows: dict[str, int] = {}
-        self._view = self._build_view(data.ids, data.payloads, data.vectors)
+        self._view = self._build_view(data.ids, data.payloads, data.vectors, data.joint)
         for record in WriteAheadLog.replay(snapshot.wal_path(folder, self._generation)):
             self._apply(record)
         self._wal = WriteAheadLog(snapshot.wal_path(folder, self._generation), fsync=fsync)
@@ -125,10 +140,20 @@ class Collection:
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._rows
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Best k items per query. ``queries`` are prepared by ``prepare_vectors`` (normalised for cosine)."""
+    def search(self, queries: np.ndarray, k: int, *, joint: bool = False) -> list[list[Hit]]:
+        """Best k items per query, in the image space or (``joint=True``) the joint space. ``queries`` are
+        prepared by ``prepare_vectors`` or ``prepare_joint``."""
         view = self._view
-        scores, rows = view.index.search(queries, k)
+        index = view.index
+        if joint:
+            if view.joint is None:
+                fail(
+                    Error.PRECONDITION,
+                    f"collection {self.name!r} has no joint image-word space: create it with `joint` set "
+                    "(e.g. conse:spacy) to search it with words",
+                )
+            index = view.joint
+        scores, rows = index.search(queries, k)
         return [
             [Hit(view.row_ids[r], float(s), view.payloads[r], int(r)) for s, r in zip(qs, qr, strict=True)]
             for qs, qr in zip(scores, rows, strict=True)
@@ -146,12 +171,17 @@ class Collection:
                 if i in self._rows
             ]
 
-    def vector_of(self, item_id: str) -> np.ndarray:
+    def vector_of(self, item_id: str, *, joint: bool = False) -> np.ndarray:
         with self._lock:
             row = self._rows.get(item_id)
             if row is None:
                 fail(Error.NOT_FOUND, f"item {item_id!r} is not in collection {self.name!r}")
-            return self._view.index.vector(row)
+            view = self._view
+            if joint:
+                if view.joint is None:
+                    fail(Error.PRECONDITION, f"collection {self.name!r} has no joint image-word space")
+                return view.joint.vector(row)
+            return view.index.vector(row)
 
     # ------------------------------------------------------------------ writes
 
@@ -179,8 +209,25 @@ class Collection:
             vectors = vectors / norms[:, None]
         return vectors
 
-    def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, str]]) -> int:
-        """Insert or replace items; durable when it returns. ``vectors`` come from ``prepare_vectors``."""
+    def prepare_joint(self, vectors: np.ndarray) -> np.ndarray:
+        """Joint-space vectors are always compared by cosine: unit rows (a zero row stays zero)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.settings.joint_dim:
+            fail(Error.BAD_REQUEST, f"joint vectors must have dimension {self.settings.joint_dim}")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+    def upsert(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        payloads: list[dict[str, str]],
+        joint: np.ndarray | None = None,
+    ) -> int:
+        """Insert or replace items; durable when it returns. ``vectors`` come from ``prepare_vectors`` and,
+        for a collection with a joint space, ``joint`` from ``prepare_joint``."""
+        if (joint is None) != (not self.settings.joint):
+            raise ValueError("joint vectors are required exactly when the collection has a joint space")
         for i in ids:
             validate_id(i)
         # Within one request the last occurrence of an id wins, as if the items were sent one by one.
@@ -191,6 +238,8 @@ class Collection:
         payloads = [dict(payloads[n]) for n in keep]
         with self._lock:
             record = {"op": "upsert", "ids": ids, "vectors": vectors.tobytes(), "payloads": payloads}
+            if joint is not None:
+                record["joint"] = np.ascontiguousarray(joint[keep], dtype=np.float32).tobytes()
             self._wal.append(record)
             self._apply(record)
             self._maybe_snapshot()
@@ -209,12 +258,18 @@ class Collection:
 
     # ------------------------------------------------------------------ internals
 
-    def _build_view(self, ids: list[str], payloads: list[dict[str, str]], vectors: np.ndarray) -> _View:
-        index = ExactIndex(self.settings.dim, capacity=max(1024, 2 * len(ids)))
+    def _build_view(
+        self, ids: list[str], payloads: list[dict[str, str]], vectors: np.ndarray, joint: np.ndarray | None
+    ) -> _View:
+        capacity = max(1024, 2 * len(ids))
+        index = ExactIndex(self.settings.dim, capacity=capacity)
+        joint_index = ExactIndex(self.settings.joint_dim, capacity=capacity) if self.settings.joint else None
         if len(ids):
             index.add(vectors)
+            if joint_index is not None and joint is not None:
+                joint_index.add(joint)
         self._rows = {item_id: n for n, item_id in enumerate(ids)}
-        return _View(index, list(ids), list(payloads))
+        return _View(index, joint_index, list(ids), list(payloads))
 
     def _apply(self, record: dict[str, Any]) -> None:
         view = self._view
@@ -225,17 +280,29 @@ class Collection:
             # Payloads and ids first, then the rows: a reader that sees a new row can always name it.
             view.row_ids.extend(ids)
             view.payloads.extend(record["payloads"])
+            if view.joint is not None:
+                joint = np.frombuffer(record["joint"], dtype=np.float32).reshape(
+                    len(ids), self.settings.joint_dim
+                )
+                view.joint.add(joint)
             rows = view.index.add(vectors)
             for item_id, row in zip(ids, rows, strict=True):
                 self._rows[item_id] = int(row)
             if replaced:
-                view.index.remove(np.array(replaced, dtype=np.int64))
+                self._remove_rows(view, replaced)
         elif record["op"] == "delete":
             gone = [self._rows.pop(i) for i in record["ids"] if i in self._rows]
             if gone:
-                view.index.remove(np.array(gone, dtype=np.int64))
+                self._remove_rows(view, gone)
         else:
             raise ValueError(f"unknown log record {record['op']!r}")
+
+    @staticmethod
+    def _remove_rows(view: _View, rows: list[int]) -> None:
+        arr = np.array(rows, dtype=np.int64)
+        view.index.remove(arr)
+        if view.joint is not None:
+            view.joint.remove(arr)
 
     def _maybe_snapshot(self) -> None:
         if self._wal.size > self._snapshot_wal_bytes:
@@ -247,10 +314,11 @@ class Collection:
         ids = [view.row_ids[r] for r in live]
         payloads = [view.payloads[r] for r in live]
         vectors = np.ascontiguousarray(view.index.vectors(live))
+        joint = np.ascontiguousarray(view.joint.vectors(live)) if view.joint is not None else None
         generation = self._generation + 1
         self._wal.close()
-        snapshot.write(self.folder, generation, snapshot.SnapshotData(ids, payloads, vectors))
+        snapshot.write(self.folder, generation, snapshot.SnapshotData(ids, payloads, vectors, joint))
         self._generation = generation
         self._wal = WriteAheadLog(snapshot.wal_path(self.folder, generation), fsync=self._fsync)
         # The snapshot holds live rows only; serving from the same compact layout drops cleared rows.
-        self._view = self._build_view(ids, payloads, vectors)
+        self._view = self._build_view(ids, payloads, vectors, joint)

@@ -21,6 +21,7 @@ class SnapshotData:
     ids: list[str]
     payloads: list[dict[str, str]]
     vectors: np.ndarray  # (len(ids), dim) float32, already normalised for cosine collections
+    joint: np.ndarray | None = None  # (len(ids), joint_dim) unit rows, for collections with a joint space
 
 
 def fsync_dir(path: Path) -> None:
@@ -52,22 +53,26 @@ def wal_path(folder: Path, generation: int) -> Path:
     return folder / f"wal-{generation}.log"
 
 
-def load(folder: Path, generation: int, dim: int) -> SnapshotData:
+def load(folder: Path, generation: int, dim: int, joint_dim: int = 0) -> SnapshotData:
     if generation == 0:
-        return SnapshotData([], [], np.zeros((0, dim), np.float32))
+        return SnapshotData([], [], np.zeros((0, dim), np.float32), np.zeros((0, joint_dim), np.float32))
     vectors = np.load(folder / f"vectors-{generation}.npy")
+    joint = np.load(folder / f"joint-{generation}.npy") if joint_dim else None
     with open(folder / f"items-{generation}.msgpack", "rb") as f:
         items = msgpack.unpackb(f.read(), raw=False)
-    return SnapshotData(items["ids"], items["payloads"], np.ascontiguousarray(vectors, dtype=np.float32))
+    return SnapshotData(
+        items["ids"], items["payloads"], np.ascontiguousarray(vectors, dtype=np.float32), joint
+    )
 
 
 def write(folder: Path, generation: int, data: SnapshotData) -> None:
     """Write generation ``generation`` and make it current; older generations' files are removed."""
-    vec_path = folder / f"vectors-{generation}.npy"
-    with open(vec_path, "wb") as f:
-        np.save(f, data.vectors)
-        f.flush()
-        os.fsync(f.fileno())
+    arrays = {"vectors": data.vectors} | ({"joint": data.joint} if data.joint is not None else {})
+    for stem, array in arrays.items():
+        with open(folder / f"{stem}-{generation}.npy", "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
     items = msgpack.packb({"ids": data.ids, "payloads": data.payloads}, use_bin_type=True)
     items_path = folder / f"items-{generation}.msgpack"
     with open(items_path, "wb") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -16,11 +17,18 @@ log = logging.getLogger("visionsearch.store")
 
 class CollectionStore:
     def __init__(
-        self, data_dir: Path, *, known_embedders: dict[str, int], fsync: bool, snapshot_wal_bytes: int
+        self,
+        data_dir: Path,
+        *,
+        known_embedders: dict[str, int],
+        known_joints: dict[str, int],
+        fsync: bool,
+        snapshot_wal_bytes: int,
     ):
         self.root = data_dir / "collections"
         self.root.mkdir(parents=True, exist_ok=True)
         self._known_embedders = known_embedders
+        self._known_joints = known_joints
         self._kw = {"fsync": fsync, "snapshot_wal_bytes": snapshot_wal_bytes}
         self._lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
@@ -35,10 +43,10 @@ class CollectionStore:
 
     def create(self, settings: CollectionSettings) -> Collection:
         if settings.dim == 0 and settings.embedder in self._known_embedders:
-            settings = CollectionSettings(
-                settings.name, self._known_embedders[settings.embedder], settings.metric, settings.embedder
-            )
-        settings.validate(self._known_embedders)
+            settings = dataclasses.replace(settings, dim=self._known_embedders[settings.embedder])
+        if settings.joint in self._known_joints:
+            settings = dataclasses.replace(settings, joint_dim=self._known_joints[settings.joint])
+        settings.validate(self._known_embedders, self._known_joints)
         with self._lock:
             if settings.name in self._collections:
                 fail(Error.ALREADY_EXISTS, f"collection {settings.name!r} already exists")

@@ -3,6 +3,7 @@
 from visionsearch_client._convert import (
     CollectionInfo,
     Hit,
+    Hits,
     Item,
     StoredItem,
     VisionSearchError,
@@ -16,6 +17,7 @@ __all__ = [
     "Client",
     "CollectionInfo",
     "Hit",
+    "Hits",
     "Item",
     "StoredItem",
     "VisionSearchError",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -53,6 +53,14 @@ class Hit:
     vector: np.ndarray | None
 
 
+class Hits(list[Hit]):
+    """Search hits, best first, plus ``notes``: what the server did with the query (e.g. skipped words)."""
+
+    def __init__(self, hits: Iterable[Hit], notes: Iterable[str] = ()) -> None:
+        super().__init__(hits)
+        self.notes = list(notes)
+
+
 @dataclass(frozen=True)
 class WordHit:
     word: str
@@ -67,6 +75,8 @@ class CollectionInfo:
     metric: str
     embedder: str
     count: int
+    joint: str = ""
+    joint_dim: int = 0
 
 
 def to_vector(v: npt.ArrayLike) -> pb.Vector:
@@ -77,24 +87,40 @@ def from_vector(v: pb.Vector) -> np.ndarray:
     return np.frombuffer(v.f32, dtype="<f4").astype(np.float32)
 
 
+SPACES = {None: pb.SPACE_UNSPECIFIED, "image": pb.SPACE_IMAGE, "joint": pb.SPACE_JOINT}
+
+
 def search_request(
     collection: str,
     *,
-    vector: npt.ArrayLike | None,
-    image: bytes | None,
-    id: str | None,
+    vector: npt.ArrayLike | None = None,
+    image: bytes | None = None,
+    id: str | None = None,
+    words: Sequence[str] | None = None,
+    sentence: str | None = None,
     k: int,
     with_payload: bool,
     with_vector: bool,
+    space: str | None = None,
 ) -> pb.SearchRequest:
-    given = [x is not None for x in (vector, image, id)]
+    given = [x is not None for x in (vector, image, id, words, sentence)]
     if sum(given) != 1:
-        raise ValueError("give exactly one of vector=, image= or id=")
-    req = pb.SearchRequest(collection=collection, k=k, with_payload=with_payload, with_vector=with_vector)
+        raise ValueError("give exactly one of vector=, image=, id=, words= or sentence=")
+    if space not in SPACES:
+        raise ValueError("space must be None, 'image' or 'joint'")
+    req = pb.SearchRequest(
+        collection=collection, k=k, with_payload=with_payload, with_vector=with_vector, space=SPACES[space]
+    )
     if vector is not None:
         req.vector.CopyFrom(to_vector(vector))
     elif image is not None:
         req.image = image
+    elif words is not None:
+        if isinstance(words, str):
+            raise TypeError("words= takes a list of words; pass a single word as [word]")
+        req.text.words.words.extend(words)
+    elif sentence is not None:
+        req.text.sentence = sentence
     else:
         req.id = id or ""
     return req
@@ -113,25 +139,32 @@ def upsert_request(collection: str, items: Iterable[Item]) -> pb.UpsertRequest:
     return req
 
 
-def create_request(name: str, dim: int, metric: str, embedder: str) -> pb.CreateCollectionRequest:
+def create_request(name: str, dim: int, metric: str, embedder: str, joint: str) -> pb.CreateCollectionRequest:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}")
     return pb.CreateCollectionRequest(
-        config=pb.CollectionConfig(name=name, dim=dim, metric=METRICS[metric], embedder=embedder)
+        config=pb.CollectionConfig(name=name, dim=dim, metric=METRICS[metric], embedder=embedder, joint=joint)
     )
 
 
-def hits(resp: pb.SearchResponse) -> list[Hit]:
-    return [
-        Hit(
-            h.id,
-            h.score,
-            h.distance,
-            dict(h.payload),
-            from_vector(h.vector) if h.HasField("vector") else None,
-        )
-        for h in resp.hits
-    ]
+def tag_request(image: bytes, k: int, vocabulary: Sequence[str] | None, joint: str) -> pb.TagRequest:
+    return pb.TagRequest(image=image, k=k, vocabulary=list(vocabulary or ()), joint=joint)
+
+
+def hits(resp: pb.SearchResponse) -> Hits:
+    return Hits(
+        [
+            Hit(
+                h.id,
+                h.score,
+                h.distance,
+                dict(h.payload),
+                from_vector(h.vector) if h.HasField("vector") else None,
+            )
+            for h in resp.hits
+        ],
+        resp.notes,
+    )
 
 
 def word_hits(items: Iterable[pb.WordHit]) -> list[WordHit]:
@@ -140,7 +173,8 @@ def word_hits(items: Iterable[pb.WordHit]) -> list[WordHit]:
 
 def info(resp: pb.CollectionInfo) -> CollectionInfo:
     c = resp.config
-    return CollectionInfo(c.name, c.dim, METRIC_NAMES.get(c.metric, "unspecified"), c.embedder, resp.count)
+    metric = METRIC_NAMES.get(c.metric, "unspecified")
+    return CollectionInfo(c.name, c.dim, metric, c.embedder, resp.count, c.joint, resp.joint_dim)
 
 
 def stored_items(resp: pb.GetItemsResponse) -> list[StoredItem]:

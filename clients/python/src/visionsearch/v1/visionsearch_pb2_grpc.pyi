@@ -6,7 +6,7 @@ visionsearch v1: semantic image search over gRPC.
 Four services share these messages:
   EmbedService      image bytes or a word -> a vector
   SearchService     image / vector / stored id -> similar items of a collection; word -> nearest words
-  TagService        image -> words (answers UNIMPLEMENTED until the joint image-word space lands)
+  TagService        image -> words of a vocabulary, through a joint image-word space
   CollectionService create, fill, read and drop collections of vectors with payloads
 
 Errors are gRPC status codes with a message that says what to fix:
@@ -14,6 +14,7 @@ Errors are gRPC status codes with a message that says what to fix:
   NOT_FOUND          unknown collection, item id or word (the message names it)
   ALREADY_EXISTS     creating a collection that exists
   RESOURCE_EXHAUSTED a message over the server's size limit
+  FAILED_PRECONDITION the collection cannot answer this kind of query (no image embedder, no joint space)
   UNIMPLEMENTED      a service or option this server does not offer yet
 """
 
@@ -105,17 +106,13 @@ class TagServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TagServiceAsyncStub: ...
     Tag: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.TagRequest, _visionsearch_pb2.TagResponse]
-    """Words that describe an image. Answers UNIMPLEMENTED in this version: tags need the joint
-    image-word space (a ConSE projection or a trained DeViSE head), which is not served yet.
-    """
+    """Words that describe an image, through a joint image-word space."""
 
 @_typing.type_check_only
 class TagServiceAsyncStub(TagServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Tag: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.TagRequest, _visionsearch_pb2.TagResponse]  # type: ignore[assignment]
-    """Words that describe an image. Answers UNIMPLEMENTED in this version: tags need the joint
-    image-word space (a ConSE projection or a trained DeViSE head), which is not served yet.
-    """
+    """Words that describe an image, through a joint image-word space."""
 
 class TagServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -124,9 +121,7 @@ class TagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _visionsearch_pb2.TagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_visionsearch_pb2.TagResponse, _abc.Awaitable[_visionsearch_pb2.TagResponse]]:
-        """Words that describe an image. Answers UNIMPLEMENTED in this version: tags need the joint
-        image-word space (a ConSE projection or a trained DeViSE head), which is not served yet.
-        """
+        """Words that describe an image, through a joint image-word space."""
 
 def add_TagServiceServicer_to_server(servicer: TagServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
