@@ -14,6 +14,9 @@ from embedder import assets
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
+# Each class as one plain word of the word-vector table. "tshirt" would be the obvious word for T-shirt/top,
+# but spaCy's pruned table maps it onto the vector of "shirt", another class; "tee" is the nearest other word.
+FASHION_WORDS = ("tee", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -17,13 +17,29 @@ from embedder.errors import BadImage, ImageTooLarge
 
 IMAGE_MODEL = "mobilenet_v2"
 IMAGE_DIM = 1280
+# Input sizes a collection may embed at, named "mobilenet_v2@SIZE" (plain "mobilenet_v2" is 224): small
+# source photos such as Fashion-MNIST's 28 px ones lose nothing at 96 px and embed five times faster.
+INPUT_SIZES = (64, 96, 128, 160, 192, 224)
+
+
+def embedder_names() -> dict[str, int]:
+    """Every image-embedder name a collection may use, with its vector width."""
+    return {IMAGE_MODEL: IMAGE_DIM} | {f"{IMAGE_MODEL}@{s}": IMAGE_DIM for s in INPUT_SIZES}
+
+
+def input_size(embedder: str) -> int:
+    """The input size an embedder name stands for ("mobilenet_v2@96" -> 96)."""
+    _, _, size = embedder.partition("@")
+    return int(size) if size else 224
+
+
 _FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-_SIZE = 224
+DEFAULT_SIZE = 224
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, size: int = DEFAULT_SIZE) -> np.ndarray:
     """Decode and ``preprocess`` an encoded image; more than ``max_pixels`` is refused before decoding."""
     if not data:
         raise BadImage("image is empty: send the encoded bytes of a JPEG, PNG, WebP, GIF or BMP file")
@@ -48,23 +64,23 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             f"image bytes could not be decoded ({type(e).__name__}: {e}); "
             f"supported formats: {', '.join(_FORMATS)}"
         ) from None
-    return preprocess(img)
+    return preprocess(img, size)
 
 
-def preprocess(img: Image.Image) -> np.ndarray:
-    """A decoded image -> (3, 224, 224) float32 network input: alpha composited on white, short side
-    resized to 224, centre-cropped, normalised with the ImageNet mean and std."""
+def preprocess(img: Image.Image, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """A decoded image -> (3, size, size) float32 network input: alpha composited on white, short side
+    resized to ``size``, centre-cropped, normalised with the ImageNet mean and std."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(canvas, rgba)
     img = img.convert("RGB")
     w, h = img.size
-    scale = _SIZE / min(w, h)
-    nw, nh = max(_SIZE, round(w * scale)), max(_SIZE, round(h * scale))
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - _SIZE) // 2, (nh - _SIZE) // 2
-    img = img.crop((left, top, left + _SIZE, top + _SIZE))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = (arr - _MEAN) / _STD
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
@@ -106,14 +122,14 @@ class ImageEmbedder:
             return np.empty((0, self.dim), np.float32)
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
-    def embed(self, images: Sequence[bytes]) -> np.ndarray:
-        """Encoded images -> (m, 1280) float32 features. The first undecodable image raises."""
+    def embed(self, images: Sequence[bytes], size: int = DEFAULT_SIZE) -> np.ndarray:
+        """Encoded images -> (m, 1280) float32 features at input ``size``; an undecodable image raises."""
         arrays = []
         for n, data in enumerate(images):
             try:
-                arrays.append(decode_image(data, self.max_pixels))
+                arrays.append(decode_image(data, self.max_pixels, size))
             except (BadImage, ImageTooLarge) as e:
                 if len(images) > 1:
                     raise type(e)(f"image {n}: {e}") from None
                 raise
-        return self.embed_arrays(np.stack(arrays) if arrays else np.empty((0, 3, _SIZE, _SIZE), np.float32))
+        return self.embed_arrays(np.stack(arrays) if arrays else np.empty((0, 3, size, size), np.float32))

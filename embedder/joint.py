@@ -14,6 +14,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torchvision
 
+from embedder.head import HeadMismatch, HeadSpace, read_meta
 from embedder.image import ImageEmbedder
 from embedder.text import MiniLMText, SpacyText, TextSpace
 from embedder.words import WordVectors
@@ -44,6 +45,7 @@ def class_phrase(index: int) -> str:
 class ConSE:
     def __init__(self, images: ImageEmbedder, text: TextSpace, top: int = 10) -> None:
         self.name = f"conse:{text.name}"
+        self.input_size = 0  # any: the ImageNet classifier accepts features of every input size
         self.text = text
         self.dim = text.dim
         self.top = top
@@ -85,6 +87,7 @@ class JointSpace(Protocol):
     name: str
     dim: int
     text: TextSpace
+    input_size: int  # the image input size its features must be computed at
 
     def project(self, features: np.ndarray) -> np.ndarray: ...
 
@@ -94,8 +97,17 @@ class JointRegistry:
 
     TEXT_DIMS: ClassVar[dict[str, int]] = {"spacy": 300, "minilm": 384}
 
-    def __init__(self, images: ImageEmbedder, words: WordVectors, *, cache_dir: Path, threads: int) -> None:
+    def __init__(
+        self,
+        images: ImageEmbedder,
+        words: WordVectors,
+        *,
+        cache_dir: Path,
+        threads: int,
+        heads_dir: Path | None = None,
+    ) -> None:
         self._images = images
+        self._heads_dir = heads_dir or cache_dir.parent / "heads"
         self._words = words
         self._cache_dir = cache_dir
         self._threads = threads
@@ -104,7 +116,15 @@ class JointRegistry:
         self._spaces: dict[str, JointSpace] = {}
 
     def dims(self) -> dict[str, int]:
-        return {f"conse:{t}": d for t, d in self.TEXT_DIMS.items()}
+        """Every joint space offered, with its width: the ConSE spaces and each head in ``heads_dir``."""
+        dims = {f"conse:{t}": d for t, d in self.TEXT_DIMS.items()}
+        if self._heads_dir.is_dir():
+            for path in sorted(self._heads_dir.glob("*.safetensors")):
+                try:
+                    dims[f"head:{path.stem}"] = read_meta(path).dim
+                except (HeadMismatch, OSError, ValueError):
+                    continue  # not a head checkpoint; get() names the problem if it is asked for
+        return dims
 
     def text(self, name: str) -> TextSpace:
         with self._lock:
@@ -124,7 +144,12 @@ class JointRegistry:
         with self._lock:
             if name not in self._spaces:
                 kind, _, arg = name.partition(":")
-                if kind != "conse" or arg not in self.TEXT_DIMS:
+                if kind == "conse" and arg in self.TEXT_DIMS:
+                    self._spaces[name] = ConSE(self._images, self._text_locked(arg))
+                elif kind == "head" and arg and (self._heads_dir / f"{arg}.safetensors").is_file():
+                    path = self._heads_dir / f"{arg}.safetensors"
+                    text = self._text_locked(read_meta(path).text)
+                    self._spaces[name] = HeadSpace(arg, path, text, self._images.model_name, self._images.dim)
+                else:
                     raise KeyError(name)
-                self._spaces[name] = ConSE(self._images, self._text_locked(arg))
             return self._spaces[name]

@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from embedder.errors import AssetMissing, BadImage, ImageTooLarge, UnknownWord
+from embedder.head import HeadMismatch
 
 log = logging.getLogger("visionsearch.errors")
 
@@ -48,6 +49,7 @@ _EMBEDDER_ERRORS: dict[type[Exception], Error] = {
     ImageTooLarge: Error.BAD_REQUEST,
     UnknownWord: Error.NOT_FOUND,
     AssetMissing: Error.UNAVAILABLE,
+    HeadMismatch: Error.PRECONDITION,
 }
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedder.image import ImageEmbedder
+from embedder.image import ImageEmbedder, embedder_names
 from embedder.joint import JointRegistry
 from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
@@ -79,8 +79,8 @@ class Services:
 def open_store(config: Config, images: ImageEmbedder, joints: JointRegistry) -> CollectionStore:
     return CollectionStore(
         config.data_dir,
-        known_embedders={images.model_name: images.dim},
-        known_joints=joints.dims(),
+        known_embedders=embedder_names(),
+        known_joints=joints.dims,
         fsync=config.fsync,
         snapshot_wal_bytes=config.snapshot_wal_bytes,
     )

@@ -5,6 +5,7 @@ import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from embedder.image import input_size
 from server.errors import Error, fail, rpc_method
 from server.servicers.common import check_deadline
 from server.services import Services
@@ -33,6 +34,16 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         if metric not in METRIC_NAMES:
             fail(Error.BAD_REQUEST, f"metric {cfg.metric} is not a known Metric value")
         settings = CollectionSettings(cfg.name, cfg.dim, METRIC_NAMES[metric], cfg.embedder, cfg.joint)
+        if cfg.joint.startswith("head:") and cfg.embedder:
+            # A head maps features of one input size; the collection must embed its images at that size.
+            head = self.s.joint(cfg.joint)
+            if head.input_size != input_size(cfg.embedder):
+                fail(
+                    Error.PRECONDITION,
+                    f"head {cfg.joint!r} was trained on {head.input_size} px features but embedder "
+                    f"{cfg.embedder!r} embeds at {input_size(cfg.embedder)} px: "
+                    f"use embedder 'mobilenet_v2@{head.input_size}'",
+                )
         return collection_info(self.s.store.create(settings))
 
     @rpc_method
@@ -79,12 +90,12 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             else:
                 fail(Error.BAD_REQUEST, f"item {n} ({item.id!r}) has neither a vector nor an image")
         if images:
-            if c.settings.embedder != self.s.images.model_name:
+            if not c.settings.embedder:
                 fail(
                     Error.PRECONDITION, f"collection {c.name!r} has no image embedder: upsert vectors instead"
                 )
             check_deadline(context, "embedding the items' images")
-            vectors[image_slots] = self.s.images.embed(images)
+            vectors[image_slots] = self.s.images.embed(images, size=input_size(c.settings.embedder))
         prepared = c.prepare_vectors(vectors, "an item's vector")
         joint = c.prepare_joint(self.s.joint(c.settings.joint).project(vectors)) if c.settings.joint else None
         upserted = c.upsert(

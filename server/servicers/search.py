@@ -6,6 +6,7 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from embedder.errors import UnknownWord
+from embedder.image import input_size
 from server.errors import Error, fail, rpc_method
 from server.servicers.common import check_deadline
 from server.services import Services
@@ -68,13 +69,13 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return resp
 
     def _embed_image(self, c: Collection, image: bytes, context: grpc.ServicerContext) -> np.ndarray:
-        if c.settings.embedder != self.s.images.model_name:
+        if not c.settings.embedder:
             fail(
                 Error.PRECONDITION,
                 f"collection {c.name!r} has no image embedder: query it with a vector or an item id",
             )
         check_deadline(context, "embedding the query image")
-        return self.s.images.embed([image])
+        return self.s.images.embed([image], size=input_size(c.settings.embedder))
 
     def _project(
         self, c: Collection, features: np.ndarray, context: grpc.ServicerContext, what: str

@@ -25,7 +25,7 @@ class TagServicer(pb_grpc.TagServiceServicer):
         joint = self.s.joint(request.joint or DEFAULT_JOINT)
         words, matrix = self._vocabulary(list(request.vocabulary), joint.text)
         check_deadline(context, "embedding the image")
-        vec = joint.project(self.s.images.embed([request.image]))
+        vec = joint.project(self.s.images.embed([request.image], size=joint.input_size or 224))
         norm = float(np.linalg.norm(vec))
         vec = (vec / (norm or 1.0)).astype(np.float32)
         if words is None:

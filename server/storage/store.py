@@ -7,6 +7,7 @@ import logging
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from server.errors import Error, fail
@@ -21,7 +22,7 @@ class CollectionStore:
         data_dir: Path,
         *,
         known_embedders: dict[str, int],
-        known_joints: dict[str, int],
+        known_joints: Callable[[], dict[str, int]],
         fsync: bool,
         snapshot_wal_bytes: int,
     ):
@@ -44,9 +45,10 @@ class CollectionStore:
     def create(self, settings: CollectionSettings) -> Collection:
         if settings.dim == 0 and settings.embedder in self._known_embedders:
             settings = dataclasses.replace(settings, dim=self._known_embedders[settings.embedder])
-        if settings.joint in self._known_joints:
-            settings = dataclasses.replace(settings, joint_dim=self._known_joints[settings.joint])
-        settings.validate(self._known_embedders, self._known_joints)
+        joints = self._known_joints()  # asked each time: heads trained while the server runs count too
+        if settings.joint in joints:
+            settings = dataclasses.replace(settings, joint_dim=joints[settings.joint])
+        settings.validate(self._known_embedders, joints)
         with self._lock:
             if settings.name in self._collections:
                 fail(Error.ALREADY_EXISTS, f"collection {settings.name!r} already exists")
