@@ -194,11 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         [np.array([i for i, c in enumerate(cats) if c == w]) for w in cat_words],
     )
     vocab_words, vocab = spacy.vocabulary()
-    named = [
-        (i, ph.name.split()[-1].lower())
-        for i, ph in enumerate(photos)
-        if ph.name.split()[-1].lower() in vocab_words
-    ]
+    # A photo's name is its file name ("adelaide rosella"); its last word is the noun to expect as a tag.
+    vocab_set = set(vocab_words)
+    last_words = [(ph.name.split() or [""])[-1].lower() for ph in photos]
+    named = [(i, w) for i, w in enumerate(last_words) if w in vocab_set]
     tag5 = tag_accuracy(stamp_joint[[i for i, _ in named]], vocab_words, vocab, [w for _, w in named])
     minilm = registry.text("minilm")
     captioned = [(i, ph.caption) for i, ph in enumerate(photos) if ph.caption]

@@ -109,7 +109,7 @@ def train_head(
             opt.step()
             sched.step()
             if progress:
-                progress(len(idx), float(loss))
+                progress(len(idx), float(loss.detach()))
     head.eval()
     return head
 
