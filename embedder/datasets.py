@@ -47,6 +47,14 @@ def fashion_sample(split: str, per_class: int) -> list[int]:
     return sorted(int(i) for i in np.concatenate(picked))
 
 
+# Tux Paint's top folders as plain words a user would search with.
+STAMP_CATEGORY_WORDS = {
+    "animals": "animal", "food": "food", "plants": "plant", "vehicles": "vehicle", "clothes": "clothes",
+    "household": "household", "space": "space", "sports": "sport", "military": "military",
+    "medical": "medicine", "hobbies": "music", "seasonal": "holiday", "town": "building",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StampPhoto:
     path: Path

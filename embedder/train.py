@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from embedder.datasets import FASHION_WORDS
+from embedder.datasets import FASHION_WORDS, STAMP_CATEGORY_WORDS
 from embedder.errors import EmbedderError
-from embedder.features import _cached, fashion_features
+from embedder.features import _cached, fashion_features, stamp_features
 from embedder.head import HeadMeta, TrainConfig, save_head, train_head
 from embedder.image import ImageEmbedder, decode_image
 from embedder.joint import JointRegistry
@@ -45,6 +45,15 @@ def fashion_training_set(
 ) -> LabelledFeatures:
     features, labels = fashion_features(images, cache, "train", size, limit)
     return LabelledFeatures(features, labels.astype(np.int64), list(FASHION_WORDS))
+
+
+def tuxpaint_training_set(images: ImageEmbedder, cache: Path, size: int) -> LabelledFeatures:
+    """The stamp photos labelled by their category word (animal, food, plant, vehicle, ...)."""
+    features, photos = stamp_features(images, cache, size)
+    words = sorted(set(STAMP_CATEGORY_WORDS.values()))
+    keep = [i for i, ph in enumerate(photos) if ph.category in STAMP_CATEGORY_WORDS]
+    labels = np.array([words.index(STAMP_CATEGORY_WORDS[photos[i].category]) for i in keep], np.int64)
+    return LabelledFeatures(features[keep], labels, words)
 
 
 def folder_training_set(images: ImageEmbedder, cache: Path, size: int, root: Path) -> LabelledFeatures:
@@ -104,7 +113,7 @@ def label_vectors(words: list[str], text) -> np.ndarray:  # type: ignore[no-unty
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embedder.train", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--dataset", default="fashion-mnist", help="fashion-mnist, or a folder of class sub-folders"
+        "--dataset", default="fashion-mnist", help="fashion-mnist, tuxpaint, or a folder of class sub-folders"
     )
     p.add_argument("--name", default="fashion", help="checkpoint name: DATA_DIR/heads/NAME.safetensors")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -128,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dataset == "fashion-mnist":
             data = fashion_training_set(images, cache, args.size, args.limit)
+        elif args.dataset == "tuxpaint":
+            data = tuxpaint_training_set(images, cache, args.size)
         else:
             data = folder_training_set(images, cache, args.size, Path(args.dataset))
         held_out = [w.strip() for w in args.holdout.split(",") if w.strip()]
