@@ -155,3 +155,17 @@ def test_mismatched_heads_are_refused(server: Running, client: Client, fresh_nam
             lambda n=name: client.tag(LION.read_bytes(), joint=f"head:{n}"),
             grpc.StatusCode.FAILED_PRECONDITION,
         )
+
+
+def test_a_head_towards_minilm_takes_sentences(
+    server: Running, client: Client, tmp_path: Path, fresh_name: str
+) -> None:
+    data = _stamp_folder(tmp_path / "pets", {"fruit": FRUIT, "wild cat": CATS})
+    heads_home = server.services.config.data_dir
+    assert _train(heads_home, data, "--name", "pets-minilm", "--text", "minilm") == 0
+    info = client.create_collection(fresh_name, embedder="mobilenet_v2@64", joint="head:pets-minilm")
+    assert info.joint_dim == 384
+    photos = {"banana": FRUIT[0], "pear": FRUIT[3], "lion": CATS[0], "tiger": CATS[1]}
+    client.upsert(fresh_name, [Item(n, image=(STAMPS / p).read_bytes()) for n, p in photos.items()])
+    hits = client.search(fresh_name, sentence="a big striped predator", k=2)
+    assert {h.id for h in hits} == {"lion", "tiger"}
