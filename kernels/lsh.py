@@ -1,0 +1,274 @@
+"""Random-projection LSH for cosine similarity, with multi-probe and exact re-ranking, in Numba.
+
+Each of L tables hashes a vector to K sign bits of random projections (Charikar's SimHash); vectors that
+share a code share a bucket. A query probes its own bucket and then the buckets reached by flipping the bits
+whose projections were closest to zero (multi-probe LSH, Lv et al. 2007): those are the bits most likely to
+differ for a near neighbour. Candidates from all probes of all tables are de-duplicated and re-ranked by the
+exact inner product, so scores are exact and only recall is approximate.
+
+Vectors are hashed after subtracting a centre (the data mean): photo features are all non-negative, so
+hyperplanes through the origin would cut the data unevenly and put most of it in a few huge buckets.
+
+Buckets are one sorted array of codes per table, searched by bisection. Rows added after a build go to an
+unsorted delta that every query scans exactly; ``rebuild`` folds it in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from kernels.topk import _heap_offer, _merge_heaps
+
+# Multi-probe perturbs at most this many of the lowest-margin bits per table, at most three at a time.
+_PROBE_BITS = 10
+_PROBE_SETS = [s for r in range(0, 4) for s in itertools.combinations(range(_PROBE_BITS), r)]
+MAX_PROBES = len(_PROBE_SETS)
+
+
+def _probe_table() -> tuple[np.ndarray, np.ndarray]:
+    members = np.full((MAX_PROBES, 3), -1, np.int64)
+    for n, s in enumerate(_PROBE_SETS):
+        members[n, : len(s)] = s
+    sizes = np.array([len(s) for s in _PROBE_SETS], np.int64)
+    return members, sizes
+
+
+_PROBE_MEMBERS, _PROBE_SIZES = _probe_table()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _pack_codes(proj: np.ndarray, tables: int, bits: int) -> np.ndarray:
+    n = proj.shape[0]
+    codes = np.zeros((n, tables), np.uint64)
+    for i in prange(n):
+        for t in range(tables):
+            c = np.uint64(0)
+            for b in range(bits):
+                if proj[i, t * bits + b] > 0:
+                    c |= np.uint64(1) << np.uint64(b)
+            codes[i, t] = c
+    return codes
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _probe_codes(
+    proj: np.ndarray, tables: int, bits: int, probes: int, members: np.ndarray, sizes: np.ndarray
+) -> np.ndarray:
+    """(m, tables, probes) codes to look up: each table's own code first, then ever less likely buckets."""
+    m = proj.shape[0]
+    low = min(bits, members.max() + 1)
+    out = np.zeros((m, tables, probes), np.uint64)
+    for q in prange(m):
+        cost = np.empty(members.shape[0], np.float64)
+        for t in range(tables):
+            p = proj[q, t * bits : (t + 1) * bits]
+            base = np.uint64(0)
+            for b in range(bits):
+                if p[b] > 0:
+                    base |= np.uint64(1) << np.uint64(b)
+            order = np.argsort(np.abs(p))[:low]  # bits whose sign is least certain
+            # A perturbation's cost is the sum of the squared margins it crosses (query-directed probing).
+            for s in range(members.shape[0]):
+                c = 0.0
+                for j in range(sizes[s]):
+                    if members[s, j] >= low:
+                        c = np.inf
+                        break
+                    v = p[order[members[s, j]]]
+                    c += v * v
+                cost[s] = c
+            ranked = np.argsort(cost, kind="mergesort")
+            for r in range(probes):
+                s = ranked[r]
+                code = base
+                for j in range(sizes[s]):
+                    code ^= np.uint64(1) << np.uint64(order[members[s, j]])
+                out[q, t, r] = code
+    return out
+
+
+@njit(inline="always", nogil=True)
+def _offer_reduced(row, reduced, rq, hs, hi, r_keep):  # type: ignore[no-untyped-def]
+    s = np.float32(0.0)
+    for x in range(reduced.shape[1]):
+        s += reduced[row, x] * rq[x]
+    _heap_offer(hs, hi, r_keep, s, row)
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _lsh_search(
+    db: np.ndarray,
+    reduced: np.ndarray,
+    alive: np.ndarray,
+    queries: np.ndarray,
+    reduced_q: np.ndarray,
+    probe_codes: np.ndarray,
+    sorted_codes: np.ndarray,
+    orders: np.ndarray,
+    delta: np.ndarray,
+    k: int,
+    r_keep: int,
+    n_chunks: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m, d = queries.shape
+    tables, probes = probe_codes.shape[1], probe_codes.shape[2]
+    n_sorted = sorted_codes.shape[1]
+    heap_s = np.full((1, m, k), -np.inf, dtype=np.float32)
+    heap_i = np.full((1, m, k), -1, dtype=np.int64)
+    checked = np.zeros(m, np.int64)
+    per = (m + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        # One "seen" stamp array per chunk of queries: a row is scored once per query however many
+        # tables and probes find it.
+        stamp = np.full(db.shape[0], -1, np.int64)
+        rs = np.empty(r_keep, np.float32)
+        ri = np.empty(r_keep, np.int64)
+        for q in range(c * per, min(m, (c + 1) * per)):
+            # Stage 1: every candidate scored on the reduced (PCA) vectors; the best r_keep survive.
+            rs[:] = -np.inf
+            ri[:] = -1
+            rq = reduced_q[q]
+            for t in range(tables):
+                codes_t = sorted_codes[t]
+                for p in range(probes):
+                    code = probe_codes[q, t, p]
+                    pos = np.searchsorted(codes_t, code)
+                    while pos < n_sorted and codes_t[pos] == code:
+                        row = orders[t, pos]
+                        pos += 1
+                        if stamp[row] == q or not alive[row]:
+                            continue
+                        stamp[row] = q
+                        checked[q] += 1
+                        _offer_reduced(row, reduced, rq, rs, ri, r_keep)
+            for j in range(delta.shape[0]):
+                row = delta[j]
+                if stamp[row] == q or not alive[row]:
+                    continue
+                stamp[row] = q
+                checked[q] += 1
+                _offer_reduced(row, reduced, rq, rs, ri, r_keep)
+            # Stage 2: the survivors re-ranked by the exact inner product.
+            hs = heap_s[0, q]
+            hi = heap_i[0, q]
+            for j in range(r_keep):
+                row = ri[j]
+                if row < 0:
+                    continue
+                s = np.float32(0.0)
+                for x in range(d):
+                    s += db[row, x] * queries[q, x]
+                _heap_offer(hs, hi, k, s, row)
+    out_s, out_i = _merge_heaps(heap_s, heap_i, k)
+    return out_s, out_i, checked
+
+
+@dataclass(frozen=True)
+class LSHParams:
+    bits: int = 16  # K: sign bits per table (<= 64)
+    tables: int = 16  # L
+    probes: int = 8  # buckets looked up per table and query (<= MAX_PROBES)
+    reduced_dim: int = 64  # PCA width candidates are first scored at (0: score every candidate exactly)
+    rerank: int = 100  # candidates re-ranked exactly per query (at least k)
+    seed: int = 0
+
+
+class RandomProjectionLSH:
+    """An LSH index over rows of an external float32 matrix (the collection's vector storage)."""
+
+    def __init__(self, dim: int, params: LSHParams) -> None:
+        if not 1 <= params.bits <= 64:
+            raise ValueError(f"bits must be 1..64, got {params.bits}")
+        if params.tables < 1:
+            raise ValueError(f"tables must be >= 1, got {params.tables}")
+        self.dim = dim
+        self.params = params
+        rng = np.random.default_rng(params.seed)
+        self._planes = np.ascontiguousarray(
+            rng.standard_normal((params.tables * params.bits, dim)), np.float32
+        )
+        self._centre = np.zeros(dim, np.float32)
+        self._sorted = np.zeros((params.tables, 0), np.uint64)
+        self._orders = np.zeros((params.tables, 0), np.int64)
+        self._delta: list[int] = []
+        self._delta_arr = np.zeros(0, np.int64)
+        self._pca = np.zeros((dim, 0), np.float32)
+        self._reduced = np.zeros((0, 0), np.float32)
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((x - self._centre) @ self._planes.T, dtype=np.float32)
+
+    def build(self, db: np.ndarray, rows: np.ndarray) -> None:
+        """Index ``db[rows]`` from scratch (the centre is refitted on them)."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows):
+            self._centre = db[rows].mean(axis=0).astype(np.float32)
+        self._fit_reduction(db, rows)
+        codes = _pack_codes(self._project(db[rows]), self.params.tables, self.params.bits)
+        order = np.argsort(codes, axis=0, kind="stable").T  # (tables, n)
+        self._orders = np.ascontiguousarray(rows[order])
+        self._sorted = np.ascontiguousarray(np.take_along_axis(codes.T, order, axis=1))
+        self._delta = []
+        self._delta_arr = np.zeros(0, np.int64)
+
+    def _fit_reduction(self, db: np.ndarray, rows: np.ndarray) -> None:
+        r = min(self.params.reduced_dim, self.dim)
+        if r == 0 or r == self.dim or len(rows) < 2:
+            self._pca = np.eye(self.dim, dtype=np.float32)  # no reduction: stage 1 scores exactly
+        else:
+            # Uncentred principal directions: they keep inner products, which is what stage 1 ranks by.
+            sample = db[rows[:: max(1, len(rows) // 20000)]].astype(np.float64)
+            _, vecs = np.linalg.eigh(sample.T @ sample)
+            self._pca = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
+        self._reduced = np.zeros((db.shape[0], self._pca.shape[1]), np.float32)
+        self._reduced[rows] = db[rows] @ self._pca
+
+    def add(self, db: np.ndarray, rows: np.ndarray) -> None:
+        """Rows appended to the storage since the build: scanned until the next ``build``."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and rows.max() >= self._reduced.shape[0]:
+            grown = np.zeros((max(db.shape[0], rows.max() + 1), self._reduced.shape[1]), np.float32)
+            grown[: self._reduced.shape[0]] = self._reduced
+            self._reduced = grown
+        self._reduced[rows] = db[rows] @ self._pca
+        self._delta.extend(int(r) for r in rows)
+        self._delta_arr = np.array(self._delta, np.int64)
+
+    @property
+    def delta_size(self) -> int:
+        return len(self._delta)
+
+    @property
+    def indexed(self) -> int:
+        return int(self._sorted.shape[1])
+
+    def search(
+        self, db: np.ndarray, alive: np.ndarray, queries: np.ndarray, k: int, probes: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scores, rows, candidates re-ranked per query)``; scores are exact inner products."""
+        probes = self.params.probes if probes is None else probes
+        if not 1 <= probes <= MAX_PROBES:
+            raise ValueError(f"probes must be 1..{MAX_PROBES}, got {probes}")
+        if probes > 2**self.params.bits:
+            probes = 2**self.params.bits
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        codes = _probe_codes(
+            self._project(queries), self.params.tables, self.params.bits, probes, _PROBE_MEMBERS, _PROBE_SIZES
+        )
+        m = len(queries)
+        n_chunks = max(1, min(numba.get_num_threads(), m))
+        reduced_q = np.ascontiguousarray(queries @ self._pca)
+        r_keep = max(k, self.params.rerank)
+        scores, rows, checked = _lsh_search(
+            db, self._reduced, alive, queries, reduced_q, codes, self._sorted, self._orders, self._delta_arr,
+            k, r_keep, n_chunks,
+        )  # fmt: skip
+        # Fewer than k candidates leave -1 slots at the end of a row; they are not results.
+        return scores, rows, checked
