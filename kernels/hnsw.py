@@ -49,7 +49,8 @@ class HNSWIndex:
     def search(self, queries: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)``: inner products (1 - usearch's ip distance), best first; missing hits are -1."""
         queries = np.ascontiguousarray(queries, np.float32)
-        self._index.expansion_search = max(k, ef or self.params.expansion_search)
+        # usearch defines a setter for this property; its type stub hides it.
+        self._index.expansion_search = max(k, ef or self.params.expansion_search)  # type: ignore[misc]
         res = self._index.search(queries, k, threads=self.threads)
         keys = np.asarray(res.keys, dtype=np.int64).reshape(len(queries), -1)
         dist = np.asarray(res.distances, dtype=np.float32).reshape(len(queries), -1)
