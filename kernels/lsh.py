@@ -169,6 +169,16 @@ def _lsh_search(
 
 
 @dataclass(frozen=True)
+class _Tables:
+    """Everything a search reads, swapped as one object so a concurrent add is never half seen."""
+
+    sorted_codes: np.ndarray  # (tables, n) uint64
+    orders: np.ndarray  # (tables, n) storage rows
+    reduced: np.ndarray  # (storage rows, r) PCA-reduced vectors
+    delta: np.ndarray  # rows added since the build
+
+
+@dataclass(frozen=True)
 class LSHParams:
     bits: int = 16  # K: sign bits per table (<= 64)
     tables: int = 16  # L
@@ -193,12 +203,11 @@ class RandomProjectionLSH:
             rng.standard_normal((params.tables * params.bits, dim)), np.float32
         )
         self._centre = np.zeros(dim, np.float32)
-        self._sorted = np.zeros((params.tables, 0), np.uint64)
-        self._orders = np.zeros((params.tables, 0), np.int64)
-        self._delta: list[int] = []
-        self._delta_arr = np.zeros(0, np.int64)
-        self._pca = np.zeros((dim, 0), np.float32)
-        self._reduced = np.zeros((0, 0), np.float32)
+        self._pca = np.eye(dim, dtype=np.float32)
+        empty = np.zeros((params.tables, 0), np.int64)
+        self._tables = _Tables(
+            empty.astype(np.uint64), empty, np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+        )
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray((x - self._centre) @ self._planes.T, dtype=np.float32)
@@ -208,15 +217,17 @@ class RandomProjectionLSH:
         rows = np.asarray(rows, np.int64)
         if len(rows):
             self._centre = db[rows].mean(axis=0).astype(np.float32)
-        self._fit_reduction(db, rows)
+        reduced = self._fit_reduction(db, rows)
         codes = _pack_codes(self._project(db[rows]), self.params.tables, self.params.bits)
         order = np.argsort(codes, axis=0, kind="stable").T  # (tables, n)
-        self._orders = np.ascontiguousarray(rows[order])
-        self._sorted = np.ascontiguousarray(np.take_along_axis(codes.T, order, axis=1))
-        self._delta = []
-        self._delta_arr = np.zeros(0, np.int64)
+        self._tables = _Tables(
+            np.ascontiguousarray(np.take_along_axis(codes.T, order, axis=1)),
+            np.ascontiguousarray(rows[order]),
+            reduced,
+            np.zeros(0, np.int64),
+        )
 
-    def _fit_reduction(self, db: np.ndarray, rows: np.ndarray) -> None:
+    def _fit_reduction(self, db: np.ndarray, rows: np.ndarray) -> np.ndarray:
         r = min(self.params.reduced_dim, self.dim)
         if r == 0 or r == self.dim or len(rows) < 2:
             self._pca = np.eye(self.dim, dtype=np.float32)  # no reduction: stage 1 scores exactly
@@ -225,32 +236,41 @@ class RandomProjectionLSH:
             sample = db[rows[:: max(1, len(rows) // 20000)]].astype(np.float64)
             _, vecs = np.linalg.eigh(sample.T @ sample)
             self._pca = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
-        self._reduced = np.zeros((db.shape[0], self._pca.shape[1]), np.float32)
-        self._reduced[rows] = db[rows] @ self._pca
+        reduced = np.zeros((db.shape[0], self._pca.shape[1]), np.float32)
+        reduced[rows] = db[rows] @ self._pca
+        return reduced
 
     def add(self, db: np.ndarray, rows: np.ndarray) -> None:
-        """Rows appended to the storage since the build: scanned until the next ``build``."""
+        """Rows appended to the storage since the build: scanned until the next ``build``. One writer."""
         rows = np.asarray(rows, np.int64)
-        if len(rows) and rows.max() >= self._reduced.shape[0]:
-            grown = np.zeros((max(db.shape[0], rows.max() + 1), self._reduced.shape[1]), np.float32)
-            grown[: self._reduced.shape[0]] = self._reduced
-            self._reduced = grown
-        self._reduced[rows] = db[rows] @ self._pca
-        self._delta.extend(int(r) for r in rows)
-        self._delta_arr = np.array(self._delta, np.int64)
+        st = self._tables
+        reduced = st.reduced
+        if len(rows) and rows.max() >= reduced.shape[0]:
+            reduced = np.zeros((max(db.shape[0], rows.max() + 1), reduced.shape[1]), np.float32)
+            reduced[: st.reduced.shape[0]] = st.reduced
+        reduced[rows] = db[rows] @ self._pca
+        self._tables = _Tables(st.sorted_codes, st.orders, reduced, np.concatenate([st.delta, rows]))
 
     @property
     def delta_size(self) -> int:
-        return len(self._delta)
+        return len(self._tables.delta)
 
     @property
     def indexed(self) -> int:
-        return int(self._sorted.shape[1])
+        return int(self._tables.sorted_codes.shape[1])
 
     def search(
-        self, db: np.ndarray, alive: np.ndarray, queries: np.ndarray, k: int, probes: int | None = None
+        self,
+        db: np.ndarray,
+        alive: np.ndarray,
+        queries: np.ndarray,
+        k: int,
+        probes: int | None = None,
+        n: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(scores, rows, candidates re-ranked per query)``; scores are exact inner products."""
+        """``(scores, rows, candidates scored per query)``; scores are exact inner products. Rows at or past
+        ``n`` (default: all of ``db``) are ignored, so a reader holding an older, shorter view of the storage
+        never follows a newer delta row out of it."""
         probes = self.params.probes if probes is None else probes
         if not 1 <= probes <= MAX_PROBES:
             raise ValueError(f"probes must be 1..{MAX_PROBES}, got {probes}")
@@ -266,8 +286,11 @@ class RandomProjectionLSH:
         n_chunks = max(1, min(numba.get_num_threads(), m))
         reduced_q = np.ascontiguousarray(queries @ self._pca)
         r_keep = max(k, self.params.rerank)
+        st = self._tables
+        n = db.shape[0] if n is None else n
+        delta = st.delta[st.delta < n] if len(st.delta) and st.delta.max() >= n else st.delta
         scores, rows, checked = _lsh_search(
-            db, self._reduced, alive, queries, reduced_q, codes, self._sorted, self._orders, self._delta_arr,
+            db, st.reduced, alive, queries, reduced_q, codes, st.sorted_codes, st.orders, delta,
             k, r_keep, n_chunks,
         )  # fmt: skip
         # Fewer than k candidates leave -1 slots at the end of a row; they are not results.

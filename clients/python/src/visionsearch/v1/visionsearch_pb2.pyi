@@ -55,6 +55,42 @@ METRIC_INNER_PRODUCT: Metric.ValueType  # 2
 """Raw inner product: vectors are stored as given; score = <query, item>."""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
+class _IndexType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IndexTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IndexType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INDEX_UNSPECIFIED: _IndexType.ValueType  # 0
+    """Same as INDEX_AUTO."""
+    INDEX_AUTO: _IndexType.ValueType  # 1
+    """Exact below 10,000 items; above, the fastest of LSH and HNSW that meets the collection's recall target
+    on a sample of its own data (CollectionInfo.index_in_use says which, and why).
+    """
+    INDEX_EXACT: _IndexType.ValueType  # 2
+    """Brute force with the fused Numba kernel: recall 1."""
+    INDEX_LSH: _IndexType.ValueType  # 3
+    """Random-projection LSH (Numba): multi-probe, exact re-ranking of candidates."""
+    INDEX_HNSW: _IndexType.ValueType  # 4
+    """usearch's HNSW graph."""
+
+class IndexType(_IndexType, metaclass=_IndexTypeEnumTypeWrapper):
+    """How a collection's image space is searched."""
+
+INDEX_UNSPECIFIED: IndexType.ValueType  # 0
+"""Same as INDEX_AUTO."""
+INDEX_AUTO: IndexType.ValueType  # 1
+"""Exact below 10,000 items; above, the fastest of LSH and HNSW that meets the collection's recall target
+on a sample of its own data (CollectionInfo.index_in_use says which, and why).
+"""
+INDEX_EXACT: IndexType.ValueType  # 2
+"""Brute force with the fused Numba kernel: recall 1."""
+INDEX_LSH: IndexType.ValueType  # 3
+"""Random-projection LSH (Numba): multi-probe, exact re-ranking of candidates."""
+INDEX_HNSW: IndexType.ValueType  # 4
+"""usearch's HNSW graph."""
+Global___IndexType: _TypeAlias = IndexType  # noqa: Y015
+
 class _Space:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -234,6 +270,8 @@ class SearchRequest(_message.Message):
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     WITH_VECTOR_FIELD_NUMBER: _builtins.int
     SPACE_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
+    EFFORT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     image: _builtins.bytes
     """An image; embedded with the collection's embedder."""
@@ -246,6 +284,12 @@ class SearchRequest(_message.Message):
     with_vector: _builtins.bool
     """Return each hit's stored vector (of the space searched)."""
     space: Global___Space.ValueType
+    exact: _builtins.bool
+    """Search the image space exactly whatever the collection's index."""
+    effort: _builtins.int
+    """Work per query for an approximate index, 1..1024: LSH buckets probed per table (at most 176), HNSW's ef.
+    0: the collection's tuned setting.
+    """
     @_builtins.property
     def vector(self) -> Global___Vector:
         """A vector of the collection's dimension."""
@@ -266,10 +310,12 @@ class SearchRequest(_message.Message):
         with_payload: _builtins.bool = ...,
         with_vector: _builtins.bool = ...,
         space: Global___Space.ValueType = ...,
+        exact: _builtins.bool = ...,
+        effort: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image", b"image", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "space", b"space", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "effort", b"effort", "exact", b"exact", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "space", b"space", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["vector", "image", "id", "text"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
@@ -507,6 +553,8 @@ class CollectionConfig(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     EMBEDDER_FIELD_NUMBER: _builtins.int
     JOINT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    RECALL_TARGET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters from [A-Za-z0-9_-]."""
     dim: _builtins.int
@@ -522,6 +570,12 @@ class CollectionConfig(_message.Message):
     "conse:spacy" (300-d, no training), "conse:minilm" (384-d, takes sentences) or "head:NAME" (a trained
     DeViSE head). Needs an embedder; every image or vector upserted is also projected into it.
     """
+    index: Global___IndexType.ValueType
+    """How the image space is searched; set at creation (changing it on a non-empty collection is refused
+    with FAILED_PRECONDITION: drop and re-create, or copy into a new collection).
+    """
+    recall_target: _builtins.float
+    """Recall@10 an approximate index must reach, in (0, 1]; 0 means 0.95."""
     def __init__(
         self,
         *,
@@ -530,10 +584,12 @@ class CollectionConfig(_message.Message):
         metric: Global___Metric.ValueType = ...,
         embedder: _builtins.str = ...,
         joint: _builtins.str = ...,
+        index: Global___IndexType.ValueType = ...,
+        recall_target: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "joint", b"joint", "metric", b"metric", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "recall_target", b"recall_target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,9 +602,12 @@ class CollectionInfo(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     JOINT_DIM_FIELD_NUMBER: _builtins.int
+    INDEX_IN_USE_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     joint_dim: _builtins.int
     """Width of the joint space, 0 without one."""
+    index_in_use: _builtins.str
+    """The index answering image-space searches now (for INDEX_AUTO, what it chose) and its parameters."""
     @_builtins.property
     def config(self) -> Global___CollectionConfig: ...
     def __init__(
@@ -557,10 +616,11 @@ class CollectionInfo(_message.Message):
         config: Global___CollectionConfig | None = ...,
         count: _builtins.int = ...,
         joint_dim: _builtins.int = ...,
+        index_in_use: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "joint_dim", b"joint_dim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "index_in_use", b"index_in_use", "joint_dim", b"joint_dim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
