@@ -429,7 +429,7 @@ def plot(results_by_set: dict[str, list[Result]], sizes: dict[str, str], path: P
         ax.set_ylabel("queries/s (one query per call, log scale)")
         ax.set_title(f"{name} ({sizes[name]})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"Cosine k-NN: recall@{K} vs single-query throughput", fontsize=14)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -446,6 +446,7 @@ def machine_info() -> dict[str, Any]:
         "faiss_version": faiss.__version__,
         "faiss_omp_threads": faiss.omp_get_max_threads(),
         "usearch_version": usearch.__version__,
+        "loadavg_at_end": os.getloadavg(),
     }
 
 
@@ -477,6 +478,10 @@ def main(argv: list[str] | None = None) -> None:
     # pool would only spin; builds of the graph indexes use all cores through their own thread arguments.
     faiss.omp_set_num_threads(1)
     hnswlib, hnswlib_reason = import_hnswlib()
+    load = os.getloadavg()
+    # Numba's parallel regions wait for every thread, so on a busy machine a one-query call can stall for
+    # a scheduler time slice: the ours-exact and ours-lsh numbers are only meaningful on an idle machine.
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cpus)")
     notes = [
         "queries issued one at a time; qps = queries / perf_counter time of the whole loop, after 1 warm-up",
         "faiss IndexLSH ranks by Hamming distance only (no re-ranking); default rotate_data / thresholds",
@@ -526,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
             "summary": summary,
         }
 
+    report["loadavg_at_start"] = load
     report["notes"] = notes
     report["hnswlib"] = "installed" if hnswlib is not None else hnswlib_reason
     report["machine"] = machine_info()

@@ -10,15 +10,31 @@ from server.errors import Error, fail, rpc_method
 from server.servicers.common import check_deadline
 from server.services import Services
 from server.storage import Collection, CollectionSettings
-from server.wire import METRIC_ENUMS, METRIC_NAMES, vector_from_pb, vector_to_pb
+from server.wire import (
+    INDEX_ENUMS,
+    METRIC_ENUMS,
+    METRIC_NAMES,
+    index_name,
+    recall_target,
+    vector_from_pb,
+    vector_to_pb,
+)
 
 
 def collection_info(c: Collection) -> pb.CollectionInfo:
     st = c.settings
     config = pb.CollectionConfig(
-        name=st.name, dim=st.dim, metric=METRIC_ENUMS[st.metric], embedder=st.embedder, joint=st.joint
+        name=st.name,
+        dim=st.dim,
+        metric=METRIC_ENUMS[st.metric],
+        embedder=st.embedder,
+        joint=st.joint,
+        index=INDEX_ENUMS[st.index],
+        recall_target=st.recall_target,
     )
-    return pb.CollectionInfo(config=config, count=len(c), joint_dim=st.joint_dim)
+    return pb.CollectionInfo(
+        config=config, count=len(c), joint_dim=st.joint_dim, index_in_use=c.index_in_use()
+    )
 
 
 class CollectionServicer(pb_grpc.CollectionServiceServicer):
@@ -33,7 +49,15 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         metric = pb.METRIC_COSINE if cfg.metric == pb.METRIC_UNSPECIFIED else cfg.metric
         if metric not in METRIC_NAMES:
             fail(Error.BAD_REQUEST, f"metric {cfg.metric} is not a known Metric value")
-        settings = CollectionSettings(cfg.name, cfg.dim, METRIC_NAMES[metric], cfg.embedder, cfg.joint)
+        settings = CollectionSettings(
+            cfg.name,
+            cfg.dim,
+            METRIC_NAMES[metric],
+            cfg.embedder,
+            cfg.joint,
+            index=index_name(cfg.index),
+            recall_target=recall_target(cfg.recall_target),
+        )
         if cfg.joint.startswith("head:") and cfg.embedder:
             # A head maps features of one input size; the collection must embed its images at that size.
             head = self.s.joint(cfg.joint)
@@ -64,6 +88,13 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     ) -> pb.DropCollectionResponse:
         self.s.store.drop(request.name)
         return pb.DropCollectionResponse()
+
+    @rpc_method
+    def UpdateCollection(
+        self, request: pb.UpdateCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.CollectionInfo:
+        c = self.s.store.update(request.name, index_name(request.index), recall_target(request.recall_target))
+        return collection_info(c)
 
     @rpc_method
     def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext) -> pb.UpsertResponse:

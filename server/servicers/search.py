@@ -11,7 +11,7 @@ from server.errors import Error, fail, rpc_method
 from server.servicers.common import check_deadline
 from server.services import Services
 from server.storage import Collection
-from server.wire import check_k, vector_from_pb, vector_to_pb
+from server.wire import MAX_EFFORT, check_k, vector_from_pb, vector_to_pb
 
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
@@ -21,6 +21,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @rpc_method
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         k = check_k(request.k, self.s.config.max_k)
+        if not 0 <= request.effort <= MAX_EFFORT:
+            fail(
+                Error.BAD_REQUEST,
+                f"effort must be between 0 (the tuned setting) and {MAX_EFFORT}, got {request.effort}",
+            )
         c = self.s.store.get(request.collection)
         which = request.WhichOneof("query")
         joint = request.space == pb.SPACE_JOINT or (which == "text" and request.space == pb.SPACE_UNSPECIFIED)
@@ -54,7 +59,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             query = self._text_query(c, request.text, notes)
         else:
             fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image`, `id` or `text`")
-        hits = c.search(query, k + (exclude is not None), joint=joint)[0]
+        effort = min(request.effort, c.max_effort())
+        hits = c.search(query, k + (exclude is not None), joint=joint, effort=effort, exact=request.exact)[0]
         if exclude is not None:
             hits = [h for h in hits if h.id != exclude][:k]
         cosine = joint or c.settings.metric == "cosine"

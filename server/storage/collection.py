@@ -19,6 +19,7 @@ import numpy as np
 from kernels import ExactIndex, has_nonfinite, row_norms
 from server.errors import Error, fail
 from server.storage import snapshot
+from server.storage.ann import INDEX_KINDS, AnnManager
 from server.storage.wal import WriteAheadLog
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -36,10 +37,16 @@ class CollectionSettings:
     # A joint image-word space kept beside the image space ("conse:spacy", "head:NAME", ...), and its width.
     joint: str = ""
     joint_dim: int = 0
+    index: str = "auto"
+    recall_target: float = 0.95
 
     def validate(self, known_embedders: dict[str, int], known_joints: dict[str, int]) -> None:
         if not NAME_RE.match(self.name):
             fail(Error.BAD_REQUEST, f"collection name {self.name!r} must be 1-64 characters of [A-Za-z0-9_-]")
+        if self.index not in INDEX_KINDS:
+            fail(Error.BAD_REQUEST, f"index {self.index!r} is not one of {', '.join(INDEX_KINDS)}")
+        if not 0 < self.recall_target <= 1:
+            fail(Error.BAD_REQUEST, f"recall_target must be in (0, 1], got {self.recall_target}")
         if self.metric not in METRICS:
             fail(Error.BAD_REQUEST, f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
         if self.embedder and self.embedder not in known_embedders:
@@ -81,6 +88,7 @@ class Hit:
 class _View:
     index: ExactIndex
     joint: ExactIndex | None  # same rows as ``index``
+    ann: AnnManager  # approximate search over ``index``'s rows
     row_ids: list[str]  # append-only; a cleared row keeps its old id
     payloads: list[dict[str, str]]
 
@@ -103,6 +111,7 @@ class Collection:
         self._view = self._build_view(data.ids, data.payloads, data.vectors, data.joint)
         for record in WriteAheadLog.replay(snapshot.wal_path(folder, self._generation)):
             self._apply(record)
+        self._view.ann.rebuild(self._view.index)
         self._wal = WriteAheadLog(snapshot.wal_path(folder, self._generation), fsync=fsync)
 
     # ------------------------------------------------------------------ lifecycle
@@ -140,7 +149,16 @@ class Collection:
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._rows
 
-    def search(self, queries: np.ndarray, k: int, *, joint: bool = False) -> list[list[Hit]]:
+    def index_in_use(self) -> str:
+        return self._view.ann.describe()
+
+    def max_effort(self) -> int:
+        """Effort beyond which the index in use cannot do more (LSH has 176 probe sets)."""
+        return self._view.ann.max_effort()
+
+    def search(
+        self, queries: np.ndarray, k: int, *, joint: bool = False, effort: int = 0, exact: bool = False
+    ) -> list[list[Hit]]:
         """Best k items per query, in the image space or (``joint=True``) the joint space. ``queries`` are
         prepared by ``prepare_vectors`` or ``prepare_joint``."""
         view = self._view
@@ -153,7 +171,9 @@ class Collection:
                     "(e.g. conse:spacy) to search it with words",
                 )
             index = view.joint
-        scores, rows = index.search(queries, k)
+            scores, rows = index.search(queries, k)
+        else:
+            scores, rows = view.ann.search(index, queries, k, effort=effort, exact=exact)
         return [
             [Hit(view.row_ids[r], float(s), view.payloads[r], int(r)) for s, r in zip(qs, qr, strict=True)]
             for qs, qr in zip(scores, rows, strict=True)
@@ -269,7 +289,8 @@ class Collection:
             if joint_index is not None and joint is not None:
                 joint_index.add(joint)
         self._rows = {item_id: n for n, item_id in enumerate(ids)}
-        return _View(index, joint_index, list(ids), list(payloads))
+        ann = AnnManager(self.settings.index, self.settings.recall_target, self.settings.name)
+        return _View(index, joint_index, ann, list(ids), list(payloads))
 
     def _apply(self, record: dict[str, Any]) -> None:
         view = self._view
@@ -288,6 +309,7 @@ class Collection:
             rows = view.index.add(vectors)
             for item_id, row in zip(ids, rows, strict=True):
                 self._rows[item_id] = int(row)
+            view.ann.on_add(view.index, rows)
             if replaced:
                 self._remove_rows(view, replaced)
         elif record["op"] == "delete":
@@ -301,6 +323,7 @@ class Collection:
     def _remove_rows(view: _View, rows: list[int]) -> None:
         arr = np.array(rows, dtype=np.int64)
         view.index.remove(arr)
+        view.ann.on_remove(arr)
         if view.joint is not None:
             view.joint.remove(arr)
 
@@ -320,5 +343,9 @@ class Collection:
         snapshot.write(self.folder, generation, snapshot.SnapshotData(ids, payloads, vectors, joint))
         self._generation = generation
         self._wal = WriteAheadLog(snapshot.wal_path(self.folder, generation), fsync=self._fsync)
-        # The snapshot holds live rows only; serving from the same compact layout drops cleared rows.
-        self._view = self._build_view(ids, payloads, vectors, joint)
+        # The snapshot holds live rows only; serving from the same compact layout drops cleared rows. With
+        # none cleared the rows are already compact, and the approximate index stays as it is.
+        if len(live) < view.index.rows:
+            compact = self._build_view(ids, payloads, vectors, joint)
+            compact.ann.rebuild(compact.index)
+            self._view = compact

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from server.errors import Error, fail
+from server.storage import snapshot
 from server.storage.collection import NAME_RE, Collection, CollectionSettings
 
 log = logging.getLogger("visionsearch.store")
@@ -55,6 +57,25 @@ class CollectionStore:
             c = Collection.create(self.root / settings.name, settings, **self._kw)
             self._collections[settings.name] = c
             return c
+
+    def update(self, name: str, index: str, recall_target: float) -> Collection:
+        with self._lock:
+            c = self.get(name)
+            settings = dataclasses.replace(c.settings, index=index, recall_target=recall_target)
+            if settings == c.settings:
+                return c
+            if len(c):
+                fail(
+                    Error.PRECONDITION,
+                    f"collection {name!r} holds {len(c)} items: its index can only change while it is empty; "
+                    "create a new collection with the index you want and copy the items into it",
+                )
+            settings.validate(self._known_embedders, self._known_joints())
+            c.close()
+            snapshot.write_atomic(c.folder / "config.json", json.dumps(dataclasses.asdict(settings)).encode())
+            again = Collection.open(c.folder, **self._kw)
+            self._collections[name] = again
+            return again
 
     def get(self, name: str) -> Collection:
         c = self._collections.get(name)

@@ -12,6 +12,8 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 
 METRICS = {"cosine": pb.METRIC_COSINE, "inner_product": pb.METRIC_INNER_PRODUCT}
 METRIC_NAMES = {v: k for k, v in METRICS.items()}
+INDEXES = {"auto": pb.INDEX_AUTO, "exact": pb.INDEX_EXACT, "lsh": pb.INDEX_LSH, "hnsw": pb.INDEX_HNSW}
+INDEX_NAMES = {v: k for k, v in INDEXES.items()}
 
 
 class VisionSearchError(Exception):
@@ -77,6 +79,9 @@ class CollectionInfo:
     count: int
     joint: str = ""
     joint_dim: int = 0
+    index: str = "auto"
+    recall_target: float = 0.95
+    index_in_use: str = ""
 
 
 def to_vector(v: npt.ArrayLike) -> pb.Vector:
@@ -102,6 +107,8 @@ def search_request(
     with_payload: bool,
     with_vector: bool,
     space: str | None = None,
+    exact: bool = False,
+    effort: int = 0,
 ) -> pb.SearchRequest:
     given = [x is not None for x in (vector, image, id, words, sentence)]
     if sum(given) != 1:
@@ -109,7 +116,13 @@ def search_request(
     if space not in SPACES:
         raise ValueError("space must be None, 'image' or 'joint'")
     req = pb.SearchRequest(
-        collection=collection, k=k, with_payload=with_payload, with_vector=with_vector, space=SPACES[space]
+        collection=collection,
+        k=k,
+        with_payload=with_payload,
+        with_vector=with_vector,
+        space=SPACES[space],
+        exact=exact,
+        effort=effort,
     )
     if vector is not None:
         req.vector.CopyFrom(to_vector(vector))
@@ -139,12 +152,18 @@ def upsert_request(collection: str, items: Iterable[Item]) -> pb.UpsertRequest:
     return req
 
 
-def create_request(name: str, dim: int, metric: str, embedder: str, joint: str) -> pb.CreateCollectionRequest:
+def create_request(
+    name: str, dim: int, metric: str, embedder: str, joint: str, index: str, recall_target: float
+) -> pb.CreateCollectionRequest:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}")
-    return pb.CreateCollectionRequest(
-        config=pb.CollectionConfig(name=name, dim=dim, metric=METRICS[metric], embedder=embedder, joint=joint)
-    )
+    if index not in INDEXES:
+        raise ValueError(f"index must be one of {sorted(INDEXES)}")
+    config = pb.CollectionConfig(
+        name=name, dim=dim, metric=METRICS[metric], embedder=embedder, joint=joint,
+        index=INDEXES[index], recall_target=recall_target,
+    )  # fmt: skip
+    return pb.CreateCollectionRequest(config=config)
 
 
 def tag_request(image: bytes, k: int, vocabulary: Sequence[str] | None, joint: str) -> pb.TagRequest:
@@ -174,7 +193,11 @@ def word_hits(items: Iterable[pb.WordHit]) -> list[WordHit]:
 def info(resp: pb.CollectionInfo) -> CollectionInfo:
     c = resp.config
     metric = METRIC_NAMES.get(c.metric, "unspecified")
-    return CollectionInfo(c.name, c.dim, metric, c.embedder, resp.count, c.joint, resp.joint_dim)
+    index = INDEX_NAMES.get(c.index, "auto")
+    return CollectionInfo(
+        c.name, c.dim, metric, c.embedder, resp.count, c.joint, resp.joint_dim, index, c.recall_target,
+        resp.index_in_use,
+    )  # fmt: skip
 
 
 def stored_items(resp: pb.GetItemsResponse) -> list[StoredItem]:

@@ -71,6 +71,8 @@ class AsyncClient:
         sentence: str | None = None,
         k: int = 10,
         space: str | None = None,
+        exact: bool = False,
+        effort: int = 0,
         with_payload: bool = True,
         with_vector: bool = False,
         timeout: float | None = None,
@@ -87,6 +89,8 @@ class AsyncClient:
             sentence=sentence,
             k=k,
             space=space,
+            exact=exact,
+            effort=effort,
             with_payload=with_payload,
             with_vector=with_vector,
         )
@@ -116,14 +120,23 @@ class AsyncClient:
         metric: str = "cosine",
         embedder: str = "",
         joint: str = "",
+        index: str = "auto",
+        recall_target: float = 0.0,
         timeout: float | None = None,
     ) -> CollectionInfo:
-        req = cv.create_request(name, dim, metric, embedder, joint)
+        req = cv.create_request(name, dim, metric, embedder, joint, index, recall_target)
         return cv.info(await self._call(self._collections.CreateCollection, req, timeout))
 
     async def get_collection(self, name: str, timeout: float | None = None) -> CollectionInfo:
         req = pb.GetCollectionRequest(name=name)
         return cv.info(await self._call(self._collections.GetCollection, req, timeout))
+
+    async def update_collection(
+        self, name: str, index: str, recall_target: float = 0.0, timeout: float | None = None
+    ) -> CollectionInfo:
+        """Change the index of an empty collection (a non-empty one answers FAILED_PRECONDITION)."""
+        req = pb.UpdateCollectionRequest(name=name, index=cv.INDEXES[index], recall_target=recall_target)
+        return cv.info(await self._call(self._collections.UpdateCollection, req, timeout))
 
     async def list_collections(self, timeout: float | None = None) -> list[CollectionInfo]:
         resp = await self._call(self._collections.ListCollections, pb.ListCollectionsRequest(), timeout)

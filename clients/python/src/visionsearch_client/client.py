@@ -84,6 +84,8 @@ class Client:
         sentence: str | None = None,
         k: int = 10,
         space: str | None = None,
+        exact: bool = False,
+        effort: int = 0,
         with_payload: bool = True,
         with_vector: bool = False,
         timeout: float | None = None,
@@ -100,6 +102,8 @@ class Client:
             sentence=sentence,
             k=k,
             space=space,
+            exact=exact,
+            effort=effort,
             with_payload=with_payload,
             with_vector=with_vector,
         )
@@ -131,14 +135,23 @@ class Client:
         metric: str = "cosine",
         embedder: str = "",
         joint: str = "",
+        index: str = "auto",
+        recall_target: float = 0.0,
         timeout: float | None = None,
     ) -> CollectionInfo:
-        req = cv.create_request(name, dim, metric, embedder, joint)
+        req = cv.create_request(name, dim, metric, embedder, joint, index, recall_target)
         return cv.info(self._call(self._collections.CreateCollection, req, timeout))
 
     def get_collection(self, name: str, timeout: float | None = None) -> CollectionInfo:
         req = pb.GetCollectionRequest(name=name)
         return cv.info(self._call(self._collections.GetCollection, req, timeout))
+
+    def update_collection(
+        self, name: str, index: str, recall_target: float = 0.0, timeout: float | None = None
+    ) -> CollectionInfo:
+        """Change the index of an empty collection (a non-empty one answers FAILED_PRECONDITION)."""
+        req = pb.UpdateCollectionRequest(name=name, index=cv.INDEXES[index], recall_target=recall_target)
+        return cv.info(self._call(self._collections.UpdateCollection, req, timeout))
 
     def list_collections(self, timeout: float | None = None) -> list[CollectionInfo]:
         resp = self._call(self._collections.ListCollections, pb.ListCollectionsRequest(), timeout)

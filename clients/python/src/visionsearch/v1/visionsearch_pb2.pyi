@@ -931,6 +931,35 @@ class GetItemsResponse(_message.Message):
 Global___GetItemsResponse: _TypeAlias = GetItemsResponse  # noqa: Y015
 
 @_typing.final
+class UpdateCollectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    RECALL_TARGET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    index: Global___IndexType.ValueType
+    """The new index type and recall target. Only an empty collection can change them (FAILED_PRECONDITION
+    otherwise: re-indexing a large collection in place would stall its writers; create a new collection
+    with the index you want and copy the items over).
+    """
+    recall_target: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        index: Global___IndexType.ValueType = ...,
+        recall_target: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "name", b"name", "recall_target", b"recall_target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCollectionRequest: _TypeAlias = UpdateCollectionRequest  # noqa: Y015
+
+@_typing.final
 class CountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

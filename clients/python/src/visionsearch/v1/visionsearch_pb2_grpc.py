@@ -316,6 +316,11 @@ class CollectionServiceStub:
                 request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.DropCollectionRequest.SerializeToString,
                 response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.DropCollectionResponse.FromString,
                 _registered_method=True)
+        self.UpdateCollection = channel.unary_unary(
+                '/visionsearch.v1.CollectionService/UpdateCollection',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.UpdateCollectionRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.CollectionInfo.FromString,
+                _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/visionsearch.v1.CollectionService/Upsert',
                 request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.UpsertRequest.SerializeToString,
@@ -360,6 +365,12 @@ class CollectionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DropCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCollection(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -411,6 +422,11 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     servicer.DropCollection,
                     request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.DropCollectionRequest.FromString,
                     response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'UpdateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCollection,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.UpdateCollectionRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.CollectionInfo.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
@@ -541,6 +557,33 @@ class CollectionService:
             '/visionsearch.v1.CollectionService/DropCollection',
             visionsearch_dot_v1_dot_visionsearch__pb2.DropCollectionRequest.SerializeToString,
             visionsearch_dot_v1_dot_visionsearch__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.CollectionService/UpdateCollection',
+            visionsearch_dot_v1_dot_visionsearch__pb2.UpdateCollectionRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,

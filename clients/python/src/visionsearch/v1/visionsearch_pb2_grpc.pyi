@@ -134,6 +134,7 @@ class CollectionServiceStub:
     GetCollection: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.GetCollectionRequest, _visionsearch_pb2.CollectionInfo]
     ListCollections: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.ListCollectionsRequest, _visionsearch_pb2.ListCollectionsResponse]
     DropCollection: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.DropCollectionRequest, _visionsearch_pb2.DropCollectionResponse]
+    UpdateCollection: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.UpdateCollectionRequest, _visionsearch_pb2.CollectionInfo]
     Upsert: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.UpsertRequest, _visionsearch_pb2.UpsertResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.DeleteRequest, _visionsearch_pb2.DeleteResponse]
     GetItems: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.GetItemsRequest, _visionsearch_pb2.GetItemsResponse]
@@ -146,6 +147,7 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     GetCollection: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.GetCollectionRequest, _visionsearch_pb2.CollectionInfo]  # type: ignore[assignment]
     ListCollections: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.ListCollectionsRequest, _visionsearch_pb2.ListCollectionsResponse]  # type: ignore[assignment]
     DropCollection: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.DropCollectionRequest, _visionsearch_pb2.DropCollectionResponse]  # type: ignore[assignment]
+    UpdateCollection: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.UpdateCollectionRequest, _visionsearch_pb2.CollectionInfo]  # type: ignore[assignment]
     Upsert: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.UpsertRequest, _visionsearch_pb2.UpsertResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.DeleteRequest, _visionsearch_pb2.DeleteResponse]  # type: ignore[assignment]
     GetItems: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.GetItemsRequest, _visionsearch_pb2.GetItemsResponse]  # type: ignore[assignment]
@@ -179,6 +181,13 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _visionsearch_pb2.DropCollectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_visionsearch_pb2.DropCollectionResponse, _abc.Awaitable[_visionsearch_pb2.DropCollectionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateCollection(
+        self,
+        request: _visionsearch_pb2.UpdateCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.CollectionInfo, _abc.Awaitable[_visionsearch_pb2.CollectionInfo]]: ...
 
     @_abc_1.abstractmethod
     def Upsert(
