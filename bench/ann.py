@@ -98,8 +98,8 @@ class Grid:
 
 
 FULL_GRID = Grid(
-    lsh_tables=((14, 16), (16, 16), (16, 24)),
-    lsh_probes=(4, 8, 16, 32, 64),
+    lsh_tables=((10, 16), (12, 16), (14, 16), (16, 16)),
+    lsh_probes=(4, 8, 16, 32, 64, 128),
     ef=(16, 32, 64, 128, 256),
     faiss_nbits=(256, 512, 1024),
     refine_k_factors=(10, 50),

@@ -33,6 +33,7 @@ class HNSWIndex:
             expansion_add=params.expansion_add,
             expansion_search=params.expansion_search,
         )
+        self._ef = params.expansion_search
 
     def __len__(self) -> int:
         return len(self._index)
@@ -49,15 +50,27 @@ class HNSWIndex:
     def search(self, queries: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)``: inner products (1 - usearch's ip distance), best first; missing hits are -1."""
         queries = np.ascontiguousarray(queries, np.float32)
-        # usearch defines a setter for this property; its type stub hides it.
-        self._index.expansion_search = max(k, ef or self.params.expansion_search)  # type: ignore[misc]
+        ef = max(k, ef or self.params.expansion_search)
+        if ef != self._ef:
+            # usearch defines a setter for this property; its type stub hides it.
+            self._index.expansion_search = ef  # type: ignore[misc]
+            self._ef = ef
+        if len(queries) == 1:
+            # The single-query path skips usearch's batch bookkeeping; this is the latency-critical case.
+            one = self._index.search(queries[0], k, threads=self.threads)
+            keys = np.asarray(one.keys, dtype=np.int64)
+            scores = 1.0 - np.asarray(one.distances, dtype=np.float32)
+            if len(keys) < k:
+                keys = np.concatenate([keys, np.full(k - len(keys), -1, np.int64)])
+                scores = np.concatenate([scores, np.full(k - len(scores), -np.inf, np.float32)])
+            return scores[None, :], keys[None, :]
         res = self._index.search(queries, k, threads=self.threads)
         keys = np.asarray(res.keys, dtype=np.int64).reshape(len(queries), -1)
         dist = np.asarray(res.distances, dtype=np.float32).reshape(len(queries), -1)
-        # usearch answers a one-row batch with single-query Matches, which have no per-row counts.
-        counts = np.asarray(res.counts if hasattr(res, "counts") else [len(res.keys)]).reshape(-1)
-        width = keys.shape[1]
-        valid = np.arange(width)[None, :] < counts[:, None]
+        counts = np.asarray(res.counts).reshape(-1)  # type: ignore[union-attr]  # BatchMatches: several queries
+        if (counts == keys.shape[1]).all():
+            return 1.0 - dist, keys
+        valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
         return np.where(valid, 1.0 - dist, -np.inf).astype(np.float32), np.where(valid, keys, -1)
 
     def save(self, path: Path) -> None:
