@@ -29,6 +29,8 @@ class AnnManager:
     def __init__(self, kind: str, recall_target: float, name: str) -> None:
         self.kind = kind
         self.recall_target = recall_target
+        # Tuned on 200 sampled queries: aim a little above the target so that other queries meet it too.
+        self._tune_target = min(1.0, recall_target + 0.01)
         self.name = name
         self.in_use = "exact"
         self.reason = "exact search"
@@ -63,7 +65,7 @@ class AnnManager:
             )
             return
         if self.kind in ("lsh", "auto"):
-            tuned = tune_lsh(db, rows, self.recall_target)
+            tuned = tune_lsh(db, rows, self._tune_target)
             if tuned is not None:
                 lsh, m = tuned
                 exact_qps = exact_rate(db, rows) if self.kind == "auto" else 0.0
@@ -84,7 +86,7 @@ class AnnManager:
                 self.reason = f"no setting reached recall {self.recall_target}: probing the most buckets"
                 return
         hnsw = build_hnsw(db, rows, HNSWParams())
-        ef, m = tune_hnsw_ef(hnsw, db, rows, self.recall_target)
+        ef, m = tune_hnsw_ef(hnsw, db, rows, self._tune_target)
         with self._hnsw_lock:
             self._hnsw, self._hnsw_ef, self.in_use = hnsw, ef, "hnsw"
         self.reason = f"M=16 ef={ef}: recall@10 {m.recall:.3f} at {m.qps:.0f} q/s on 200 sampled queries"
@@ -94,7 +96,9 @@ class AnnManager:
         if self._deferred:
             return
         live = len(index)
-        if live >= 2 * max(self._chosen_at, 1) and (self.kind != "exact") and live >= _MIN_APPROX:
+        threshold = AUTO_EXACT_BELOW if self.kind == "auto" else _MIN_APPROX
+        crossed = self.in_use == "exact" and live >= threshold  # big enough for an approximate index now
+        if self.kind != "exact" and (crossed or (live >= threshold and live >= 2 * max(self._chosen_at, 1))):
             self.rebuild(index)
             return
         st = index._state
