@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.json")
+    p.add_argument(
+        "--indexes", default="exact,lsh,hnsw", help="which to run; others keep their saved results"
+    )
     args = p.parse_args(argv)
 
     centres = np.random.default_rng(0).standard_normal((2000, args.dim)).astype(np.float32)
@@ -96,43 +99,58 @@ def main(argv: list[str] | None = None) -> None:
         results.append(r)
         print(r, flush=True)
 
+    wanted = set(args.indexes.split(","))
+    if "exact" in wanted:
+        run_exact(args, db, report)
+    if "lsh" in wanted:
+        run_lsh(args, db, rows, alive, report)
+    if "hnsw" in wanted:
+        run_hnsw(args, db, rows, report)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"n": args.n, "dim": args.dim, "queries": args.queries, "clusters": 2000, "noise_sigma": 0.5}
+    if args.out.exists() and wanted != {"exact", "lsh", "hnsw"}:
+        saved = json.loads(args.out.read_text())
+        if saved.get("data") == meta:
+            results[:0] = [r for r in saved["results"] if r["index"] not in wanted]
+    order = {"exact": 0, "lsh": 1, "hnsw": 2}
+    results.sort(key=lambda r: order[r["index"]])
+    args.out.write_text(json.dumps({"data": meta, "results": results}, indent=2))
+    print(f"wrote {args.out}")
+
+
+def run_exact(args: argparse.Namespace, db: np.ndarray, report: Any) -> None:
     before = rss_mb()
     t0 = time.perf_counter()
     exact = ExactIndex(args.dim, capacity=args.n)
     exact.add(db)
-    report(
-        "exact",
-        time.perf_counter() - t0,
-        rss_mb() - before,
-        lambda q: exact.search(q, 10)[1],
-        "Numba fused kernel",
-    )
+    build_s = time.perf_counter() - t0
+    report("exact", build_s, rss_mb() - before, lambda q: exact.search(q, 10)[1], "Numba fused kernel")
 
+
+def run_lsh(
+    args: argparse.Namespace, db: np.ndarray, rows: np.ndarray, alive: np.ndarray, report: Any
+) -> None:
     before = rss_mb()
     t0 = time.perf_counter()
     tuned = tune_lsh(db, rows, args.target)
     build_s = time.perf_counter() - t0
-    if tuned is None:
-        print("LSH: no grid setting reached the target", flush=True)
-    else:
-        lsh, _ = tuned
-        pr = lsh.params
-        note = f"bits={pr.bits} tables={pr.tables} probes={pr.probes} (tuning included in build)"
-        report("lsh", build_s, rss_mb() - before, lambda q: lsh.search(db, alive, q, 10)[1], note)
-        del lsh, tuned
+    lsh = tuned.index
+    pr = lsh.params
+    note = f"bits={pr.bits} tables={pr.tables} probes={pr.probes} (tuning included in build)"
+    if not tuned.met:
+        note += f"; no grid setting reached recall {args.target}: this is the highest-recall one"
+    report("lsh", build_s, rss_mb() - before, lambda q: lsh.search(db, alive, q, 10)[1], note)
 
+
+def run_hnsw(args: argparse.Namespace, db: np.ndarray, rows: np.ndarray, report: Any) -> None:
     before = rss_mb()
     t0 = time.perf_counter()
     hnsw = build_hnsw(db, rows, HNSWParams())
     hnsw.threads = 1
     ef, _ = tune_hnsw_ef(hnsw, db, rows, args.target)
-    report("hnsw", time.perf_counter() - t0, rss_mb() - before, lambda q: hnsw.search(q, 10, ef)[1],
-           f"usearch M=16 ef_construction=128 ef={ef} (tuning included in build)")  # fmt: skip
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"n": args.n, "dim": args.dim, "queries": args.queries, "clusters": 2000, "noise_sigma": 0.5}
-    args.out.write_text(json.dumps({"data": meta, "results": results}, indent=2))
-    print(f"wrote {args.out}")
+    note = f"usearch M=16 ef_construction=128 ef={ef} (tuning included in build)"
+    report("hnsw", time.perf_counter() - t0, rss_mb() - before, lambda q: hnsw.search(q, 10, ef)[1], note)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ class AnnManager:
             return
         if self.kind in ("lsh", "auto"):
             tuned = tune_lsh(db, rows, self._tune_target)
-            if tuned is not None:
-                lsh, m = tuned
+            if tuned.met:
+                lsh, m = tuned.index, tuned.measured
                 exact_qps = exact_rate(db, rows) if self.kind == "auto" else 0.0
                 if self.kind == "lsh" or m.qps >= 2 * exact_qps:
                     p = lsh.params
