@@ -24,6 +24,8 @@ from numba import njit, prange
 
 from kernels.topk import _heap_offer, _merge_heaps
 
+# Below this share of the data's energy in its top principal directions, candidates are scored exactly.
+MIN_PCA_ENERGY = 0.9
 # Multi-probe perturbs at most this many of the lowest-margin bits per table, at most three at a time.
 _PROBE_BITS = 10
 _PROBE_SETS = [s for r in range(0, 4) for s in itertools.combinations(range(_PROBE_BITS), r)]
@@ -174,7 +176,7 @@ class _Tables:
 
     sorted_codes: np.ndarray  # (tables, n) uint64
     orders: np.ndarray  # (tables, n) storage rows
-    reduced: np.ndarray  # (storage rows, r) PCA-reduced vectors
+    reduced: np.ndarray | None  # (storage rows, r) PCA-reduced vectors; None: stage 1 uses the full vectors
     delta: np.ndarray  # rows added since the build
 
 
@@ -203,7 +205,7 @@ class RandomProjectionLSH:
             rng.standard_normal((params.tables * params.bits, dim)), np.float32
         )
         self._centre = np.zeros(dim, np.float32)
-        self._pca = np.eye(dim, dtype=np.float32)
+        self._pca: np.ndarray | None = None
         empty = np.zeros((params.tables, 0), np.int64)
         self._tables = _Tables(
             empty.astype(np.uint64), empty, np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
@@ -227,16 +229,22 @@ class RandomProjectionLSH:
             np.zeros(0, np.int64),
         )
 
-    def _fit_reduction(self, db: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _fit_reduction(self, db: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+        """PCA-reduced copies of the rows for stage 1, or None to score candidates on the full vectors."""
+        self._pca = None
         r = min(self.params.reduced_dim, self.dim)
         if r == 0 or r == self.dim or len(rows) < 2:
-            self._pca = np.eye(self.dim, dtype=np.float32)  # no reduction: stage 1 scores exactly
-        else:
-            # Uncentred principal directions: they keep inner products, which is what stage 1 ranks by.
-            sample = db[rows[:: max(1, len(rows) // 20000)]].astype(np.float64)
-            _, vecs = np.linalg.eigh(sample.T @ sample)
-            self._pca = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
-        reduced = np.zeros((db.shape[0], self._pca.shape[1]), np.float32)
+            return None
+        # Uncentred principal directions: they keep inner products, which is what stage 1 ranks by.
+        sample = db[rows[:: max(1, len(rows) // 20000)]].astype(np.float64)
+        vals, vecs = np.linalg.eigh(sample.T @ sample)
+        kept = float(vals[::-1][:r].sum() / max(vals.sum(), 1e-12))
+        if kept < MIN_PCA_ENERGY:
+            # Data without a low-dimensional core (kept energy 0.3 for 2,000 clusters in 300-d): a reduced
+            # score would rank candidates badly, and more probes would then lower recall.
+            return None
+        self._pca = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
+        reduced = np.zeros((db.shape[0], r), np.float32)
         reduced[rows] = db[rows] @ self._pca
         return reduced
 
@@ -245,10 +253,11 @@ class RandomProjectionLSH:
         rows = np.asarray(rows, np.int64)
         st = self._tables
         reduced = st.reduced
-        if len(rows) and rows.max() >= reduced.shape[0]:
-            reduced = np.zeros((max(db.shape[0], rows.max() + 1), reduced.shape[1]), np.float32)
-            reduced[: st.reduced.shape[0]] = st.reduced
-        reduced[rows] = db[rows] @ self._pca
+        if reduced is not None and self._pca is not None:
+            if len(rows) and rows.max() >= reduced.shape[0]:
+                reduced = np.zeros((max(db.shape[0], rows.max() + 1), reduced.shape[1]), np.float32)
+                reduced[: st.reduced.shape[0]] = st.reduced  # type: ignore[union-attr]
+            reduced[rows] = db[rows] @ self._pca
         self._tables = _Tables(st.sorted_codes, st.orders, reduced, np.concatenate([st.delta, rows]))
 
     @property
@@ -284,13 +293,16 @@ class RandomProjectionLSH:
         )
         m = len(queries)
         n_chunks = max(1, min(numba.get_num_threads(), m))
-        reduced_q = np.ascontiguousarray(queries @ self._pca)
-        r_keep = max(k, self.params.rerank)
         st = self._tables
+        reduced, reduced_q = (
+            (db, queries) if st.reduced is None or self._pca is None else (st.reduced, queries @ self._pca)
+        )
+        reduced_q = np.ascontiguousarray(reduced_q, dtype=np.float32)
+        r_keep = max(k, self.params.rerank)
         n = db.shape[0] if n is None else n
         delta = st.delta[st.delta < n] if len(st.delta) and st.delta.max() >= n else st.delta
         scores, rows, checked = _lsh_search(
-            db, st.reduced, alive, queries, reduced_q, codes, st.sorted_codes, st.orders, delta,
+            db, reduced, alive, queries, reduced_q, codes, st.sorted_codes, st.orders, delta,
             k, r_keep, n_chunks,
         )  # fmt: skip
         # Fewer than k candidates leave -1 slots at the end of a row; they are not results.
