@@ -133,3 +133,9 @@ def test_index_refusals(server: Running, client: Client, fresh_name: str) -> Non
         grpc.StatusCode.INVALID_ARGUMENT,
         "effort",
     )
+
+
+def test_index_in_use_reports_the_current_size(client: Client, fresh_name: str) -> None:
+    client.create_collection(fresh_name, dim=2)
+    client.upsert(fresh_name, [Item(str(i), vector=[1, i]) for i in range(3)])
+    assert client.get_collection(fresh_name).index_in_use == "exact: 3 items (auto stays exact below 10,000)"

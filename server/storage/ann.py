@@ -41,7 +41,12 @@ class AnnManager:
         self._chosen_at = 0
         self._deferred = True  # during log replay: build once at the end, not per record
 
-    def describe(self) -> str:
+    def describe(self, live: int) -> str:
+        if self.in_use == "exact":
+            why = {"exact": "", "auto": " (auto stays exact below 10,000)"}.get(
+                self.kind, f" (below {_MIN_APPROX})"
+            )
+            return f"exact: {live} items{why}"
         return f"{self.in_use}: {self.reason}"
 
     def max_effort(self) -> int:
@@ -59,10 +64,7 @@ class AnnManager:
         self._chosen_at = n
         self._lsh, self._hnsw = None, None
         if self.kind == "exact" or n < _MIN_APPROX or (self.kind == "auto" and n < AUTO_EXACT_BELOW):
-            self.in_use, self.reason = (
-                "exact",
-                f"{n} items" + (" (below 10,000: auto stays exact)" * (self.kind == "auto")),
-            )
+            self.in_use, self.reason = "exact", ""
             return
         if self.kind in ("lsh", "auto"):
             tuned = tune_lsh(db, rows, self._tune_target)
@@ -77,7 +79,7 @@ class AnnManager:
                         f"{m.qps:.0f} q/s on 200 sampled queries"
                         + (f", {m.qps / exact_qps:.1f}x exact" if exact_qps else "")
                     )
-                    log.info("collection %s index %s", self.name, self.describe())
+                    log.info("collection %s index %s: %s", self.name, self.in_use, self.reason)
                     return
             elif self.kind == "lsh":
                 lsh = RandomProjectionLSH(db.shape[1], LSHParams(probes=176))
@@ -90,7 +92,7 @@ class AnnManager:
         with self._hnsw_lock:
             self._hnsw, self._hnsw_ef, self.in_use = hnsw, ef, "hnsw"
         self.reason = f"M=16 ef={ef}: recall@10 {m.recall:.3f} at {m.qps:.0f} q/s on 200 sampled queries"
-        log.info("collection %s index %s", self.name, self.describe())
+        log.info("collection %s index %s: %s", self.name, self.in_use, self.reason)
 
     def on_add(self, index: ExactIndex, rows: np.ndarray) -> None:
         if self._deferred:

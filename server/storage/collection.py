@@ -150,7 +150,8 @@ class Collection:
         return item_id in self._rows
 
     def index_in_use(self) -> str:
-        return self._view.ann.describe()
+        view = self._view
+        return view.ann.describe(len(view.index))
 
     def max_effort(self) -> int:
         """Effort beyond which the index in use cannot do more (LSH has 176 probe sets)."""
