@@ -23,7 +23,7 @@ log = logging.getLogger("visionsearch.features")
 _BATCH = 64
 
 
-def _cached(
+def cached_features(
     path: Path, n: int, load: Callable[[int], np.ndarray], embedder: ImageEmbedder, desc: str
 ) -> np.ndarray:
     if path.exists():
@@ -52,7 +52,9 @@ def fashion_features(
     def load(i: int) -> np.ndarray:
         return preprocess(Image.fromarray(images[i], "L"), size)
 
-    return _cached(path, n, load, embedder, f"features fashion-mnist/{split} @{size}px"), labels[:n].copy()
+    return cached_features(path, n, load, embedder, f"features fashion-mnist/{split} @{size}px"), labels[
+        :n
+    ].copy()
 
 
 def stamp_features(
@@ -66,4 +68,4 @@ def stamp_features(
     def load(i: int) -> np.ndarray:
         return decode_image(photos[i].path.read_bytes(), embedder.max_pixels, size)
 
-    return _cached(path, len(photos), load, embedder, f"features tuxpaint @{size}px"), photos
+    return cached_features(path, len(photos), load, embedder, f"features tuxpaint @{size}px"), photos

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from embedder.datasets import FASHION_WORDS, STAMP_CATEGORY_WORDS
 from embedder.errors import EmbedderError
-from embedder.features import _cached, fashion_features, stamp_features
+from embedder.features import cached_features, fashion_features, stamp_features
 from embedder.head import HeadMeta, TrainConfig, save_head, train_head
 from embedder.image import ImageEmbedder, decode_image
 from embedder.joint import JointRegistry
@@ -70,7 +70,7 @@ def folder_training_set(images: ImageEmbedder, cache: Path, size: int, root: Pat
         raise TrainingDataError(f"no images under {root}: expected one sub-folder of images per class")
     key = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()[:12]
     path = cache / f"features-{images.model_name}-{size}-folder-{len(files)}-{key}.npy"
-    features = _cached(
+    features = cached_features(
         path,
         len(files),
         lambda i: decode_image(files[i].read_bytes(), images.max_pixels, size),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.topk import topk_inner_product
+from kernels.topk import topk_inner_product, trim_unfilled
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,5 @@ class ExactIndex:
         """``(scores, rows)`` of the best ``min(k, len(self))`` live rows per query, best first."""
         st = self._state
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, rows = topk_inner_product(st.vectors, q, k, n=st.n, alive=st.alive)
-        # A remove racing this search can leave fewer live rows than were counted before the scan: the
-        # unfilled slots (row -1) sit at the end of every result row, so trim to the shortest full width.
-        if rows.size and rows[:, -1].min() < 0:
-            width = int((rows >= 0).sum(axis=1).min())
-            scores, rows = scores[:, :width], rows[:, :width]
-        return scores, rows
+        # A remove racing this search can leave fewer live rows than were counted before the scan.
+        return trim_unfilled(*topk_inner_product(st.vectors, q, k, n=st.n, alive=st.alive))

@@ -139,6 +139,14 @@ def _merge_heaps(heap_s: np.ndarray, heap_i: np.ndarray, k: int) -> tuple[np.nda
     return out_s, out_i
 
 
+def trim_unfilled(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the unfilled slots (row -1) that fewer live rows than k leave at the end of each result row."""
+    if rows.size and rows[:, -1].min() < 0:
+        width = int((rows >= 0).sum(axis=1).min())
+        return scores[:, :width], rows[:, :width]
+    return scores, rows
+
+
 def topk_inner_product(
     db: np.ndarray,
     queries: np.ndarray,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedder.image import ImageEmbedder, embedder_names
-from embedder.joint import JointRegistry
+from embedder.joint import JointRegistry, JointSpace
 from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
 from server.config import Config
@@ -54,7 +54,7 @@ class Services:
         scores, rows = self.word_index.search(l2_normalize(vector[None, :]), k)
         return [(self.words.words[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True)]
 
-    def joint(self, name: str):  # type: ignore[no-untyped-def]
+    def joint(self, name: str) -> JointSpace:
         try:
             return self.joints.get(name)
         except KeyError:

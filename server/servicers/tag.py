@@ -5,6 +5,7 @@ import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from embedder.text import TextSpace
 from kernels import topk_inner_product
 from server.errors import Error, fail, rpc_method
 from server.servicers.common import check_deadline
@@ -23,25 +24,25 @@ class TagServicer(pb_grpc.TagServiceServicer):
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> pb.TagResponse:
         k = check_k(request.k, self.s.config.max_k)
         joint = self.s.joint(request.joint or DEFAULT_JOINT)
-        words, matrix = self._vocabulary(list(request.vocabulary), joint.text)
+        named = self._vocabulary(list(request.vocabulary), joint.text)
         check_deadline(context, "embedding the image")
         vec = joint.project(self.s.images.embed([request.image], size=joint.input_size or 224))
         norm = float(np.linalg.norm(vec))
         vec = (vec / (norm or 1.0)).astype(np.float32)
-        if words is None:
+        if named is None:
             names, index = self.s.vocabulary_index(joint.text.name)
             scores, rows = index.search(vec, k)
         else:
-            names = words
+            names, matrix = named
             scores, rows = topk_inner_product(matrix, vec, k)
         resp = pb.TagResponse(joint=joint.name)
         for s, r in zip(scores[0], rows[0], strict=True):
             resp.tags.add(word=names[r], score=float(s), distance=max(0.0, 1.0 - float(s)))
         return resp
 
-    def _vocabulary(self, vocabulary: list[str], text):  # type: ignore[no-untyped-def]
+    def _vocabulary(self, vocabulary: list[str], text: TextSpace) -> tuple[list[str], np.ndarray] | None:
         if not vocabulary:
-            return None, None
+            return None
         if len(vocabulary) > MAX_VOCABULARY:
             fail(Error.BAD_REQUEST, f"vocabulary has {len(vocabulary)} words; at most {MAX_VOCABULARY}")
         words = list(dict.fromkeys(w.strip().lower() for w in vocabulary))

@@ -17,6 +17,7 @@ import numpy as np
 from kernels import ExactIndex
 from kernels.hnsw import HNSWIndex, HNSWParams
 from kernels.lsh import MAX_PROBES, LSHParams, RandomProjectionLSH
+from kernels.topk import trim_unfilled
 from kernels.tuning import AUTO_EXACT_BELOW, build_hnsw, exact_rate, tune_hnsw_ef, tune_lsh
 
 log = logging.getLogger("visionsearch.index")
@@ -135,7 +136,4 @@ class AnnManager:
         elif hnsw is not None:
             with self._hnsw_lock:
                 scores, rows = hnsw.search(queries, k, effort or self._hnsw_ef)
-        if rows.size and rows[:, -1].min() < 0:
-            width = int((rows >= 0).sum(axis=1).min())
-            scores, rows = scores[:, :width], rows[:, :width]
-        return scores, rows
+        return trim_unfilled(scores, rows)
