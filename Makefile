@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VISIONSEARCH_VENV := $(abspath $(VENV))
 
-.PHONY: install serve test lint typecheck protos bench
+.PHONY: install serve test lint typecheck protos bench clients
 
 install:
 	@scripts/setup.sh
@@ -25,6 +25,11 @@ typecheck:
 
 protos:
 	scripts/gen_protos.sh
+
+# Toolchains and builds of the TypeScript and C++ clients (Debian packages, npm ci, cmake); idempotent.
+# tests/test_foreign_clients.py needs them.
+clients:
+	@scripts/setup_clients.sh
 
 bench:
 	$(PY) bench/exact.py
