@@ -2,10 +2,15 @@
 
 usearch keys are the storage row numbers, so its hits map to ids exactly as the exact and LSH indexes'
 do. Vectors are stored unit-norm and searched by inner product ("ip"), which is cosine for them.
+
+usearch's ``remove`` and ``rename`` are not safe against concurrent searches, so every call goes through
+``lock``; callers that must check something in the same critical section as a search hold it themselves and
+call the ``*_locked`` methods.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,13 @@ class HNSWParams:
     connectivity: int = 16  # M: graph edges per node
     expansion_add: int = 128  # ef_construction
     expansion_search: int = 64  # ef: candidate list length at query time
+
+
+HNSW_DEFAULTS = HNSWParams()
+# Beyond these usearch still works, but memory (M) or build time (ef_construction) grows with no recall to
+# show for it on the data sets measured in bench/ann.py.
+HNSW_CONNECTIVITY_RANGE = (4, 64)
+HNSW_EXPANSION_ADD_RANGE = (16, 1024)
 
 
 class HNSWIndex:
@@ -34,6 +46,7 @@ class HNSWIndex:
             expansion_search=params.expansion_search,
         )
         self._ef = params.expansion_search
+        self.lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._index)
@@ -41,14 +54,28 @@ class HNSWIndex:
     def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         if len(rows):
             keys = np.asarray(rows, np.uint64)
-            self._index.add(keys, np.ascontiguousarray(vectors, np.float32), threads=self.threads)
+            with self.lock:
+                self._index.add(keys, np.ascontiguousarray(vectors, np.float32), threads=self.threads)
 
     def remove(self, rows: np.ndarray) -> None:
         if len(rows):
-            self._index.remove(np.asarray(rows, np.uint64))
+            with self.lock:
+                self._index.remove(np.asarray(rows, np.uint64))
+
+    def rename(self, old_rows: np.ndarray, new_rows: np.ndarray) -> None:
+        """Give the entries keyed ``old_rows`` the keys ``new_rows`` (after a compaction of the storage)."""
+        with self.lock:
+            self._index.rename(np.asarray(old_rows, np.uint64), np.asarray(new_rows, np.uint64))
 
     def search(self, queries: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, rows)``: inner products (1 - usearch's ip distance), best first; missing hits are -1."""
+        with self.lock:
+            return self.search_locked(queries, k, ef)
+
+    def search_locked(
+        self, queries: np.ndarray, k: int, ef: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, rows)``: inner products (1 - usearch's ip distance), best first; missing hits are -1.
+        The caller holds ``lock``."""
         queries = np.ascontiguousarray(queries, np.float32)
         ef = max(k, ef or self.params.expansion_search)
         if ef != self._ef:
@@ -74,7 +101,9 @@ class HNSWIndex:
         return np.where(valid, 1.0 - dist, -np.inf).astype(np.float32), np.where(valid, keys, -1)
 
     def save(self, path: Path) -> None:
-        self._index.save(str(path))
+        with self.lock:
+            self._index.save(str(path))
 
     def load(self, path: Path) -> None:
-        self._index.load(str(path))
+        with self.lock:
+            self._index.load(str(path))

@@ -3,6 +3,7 @@ automatic choice against its recall target on real data, and the refusals."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,17 @@ def _fill(client: Client, name: str, vectors: np.ndarray, batch: int = 2000) -> 
     for start in range(0, len(vectors), batch):
         items = [Item(f"v{i}", vector=vectors[i]) for i in range(start, min(len(vectors), start + batch))]
         client.upsert(name, items)
+    wait_for_index(client, name)
+
+
+def wait_for_index(client: Client, name: str, timeout: float = 300) -> str:
+    """Indexes are built in the background: wait until the collection says no build is in flight."""
+    deadline = time.monotonic() + timeout
+    while "in the background" in (in_use := client.get_collection(name).index_in_use):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: still building after {timeout} s: {in_use}")
+        time.sleep(0.05)
+    return in_use
 
 
 def _recall(client: Client, name: str, base: np.ndarray, queries: np.ndarray, **kw: object) -> float:

@@ -6,6 +6,7 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from embedder.image import input_size
+from kernels.hnsw import HNSW_DEFAULTS
 from server.errors import Error, fail, rpc_method
 from server.servicers.common import check_deadline
 from server.services import Services
@@ -31,6 +32,7 @@ def collection_info(c: Collection) -> pb.CollectionInfo:
         joint=st.joint,
         index=INDEX_ENUMS[st.index],
         recall_target=st.recall_target,
+        hnsw=pb.HnswConfig(connectivity=st.hnsw_connectivity, expansion_add=st.hnsw_expansion_add),
     )
     return pb.CollectionInfo(
         config=config, count=len(c), joint_dim=st.joint_dim, index_in_use=c.index_in_use()
@@ -57,6 +59,8 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             cfg.joint,
             index=index_name(cfg.index),
             recall_target=recall_target(cfg.recall_target),
+            hnsw_connectivity=cfg.hnsw.connectivity or HNSW_DEFAULTS.connectivity,
+            hnsw_expansion_add=cfg.hnsw.expansion_add or HNSW_DEFAULTS.expansion_add,
         )
         if cfg.joint.startswith("head:") and cfg.embedder:
             # A head maps features of one input size; the collection must embed its images at that size.

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kernels import ExactIndex, has_nonfinite, row_norms
+from kernels.hnsw import HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
 from server.errors import Error, fail
 from server.storage import snapshot
 from server.storage.ann import INDEX_KINDS, AnnManager
@@ -39,6 +40,13 @@ class CollectionSettings:
     joint_dim: int = 0
     index: str = "auto"
     recall_target: float = 0.95
+    # HNSW graph settings (M, ef_construction), used whenever the index is or becomes HNSW.
+    hnsw_connectivity: int = HNSW_DEFAULTS.connectivity
+    hnsw_expansion_add: int = HNSW_DEFAULTS.expansion_add
+
+    @property
+    def hnsw(self) -> HNSWParams:
+        return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add)
 
     def validate(self, known_embedders: dict[str, int], known_joints: dict[str, int]) -> None:
         if not NAME_RE.match(self.name):
@@ -47,6 +55,18 @@ class CollectionSettings:
             fail(Error.BAD_REQUEST, f"index {self.index!r} is not one of {', '.join(INDEX_KINDS)}")
         if not 0 < self.recall_target <= 1:
             fail(Error.BAD_REQUEST, f"recall_target must be in (0, 1], got {self.recall_target}")
+        lo, hi = HNSW_CONNECTIVITY_RANGE
+        if not lo <= self.hnsw_connectivity <= hi:
+            fail(
+                Error.BAD_REQUEST,
+                f"hnsw connectivity (M) must be in {lo}..{hi}, got {self.hnsw_connectivity}",
+            )
+        lo, hi = HNSW_EXPANSION_ADD_RANGE
+        if not lo <= self.hnsw_expansion_add <= hi:
+            fail(
+                Error.BAD_REQUEST,
+                f"hnsw expansion_add (ef_construction) must be in {lo}..{hi}, got {self.hnsw_expansion_add}",
+            )
         if self.metric not in METRICS:
             fail(Error.BAD_REQUEST, f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
         if self.embedder and self.embedder not in known_embedders:
@@ -109,9 +129,10 @@ class Collection:
         data = snapshot.load(folder, self._generation, settings.dim, settings.joint_dim)
         self._rows: dict[str, int] = {}
         self._view = self._build_view(data.ids, data.payloads, data.vectors, data.joint)
+        self._view.ann.restore(folder, self._generation, self._view.index)
         for record in WriteAheadLog.replay(snapshot.wal_path(folder, self._generation)):
             self._apply(record)
-        self._view.ann.rebuild(self._view.index)
+        self._view.ann.start(self._view.index)
         self._wal = WriteAheadLog(snapshot.wal_path(folder, self._generation), fsync=fsync)
 
     # ------------------------------------------------------------------ lifecycle
@@ -132,6 +153,11 @@ class Collection:
             if self._wal.size:
                 self._snapshot_locked()
             self._wal.close()
+            self._view.ann.retire()
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait until no index build is in flight (for tools and tests); False on timeout."""
+        return self._view.ann.build_done.wait(timeout)
 
     def snapshot(self) -> None:
         with self._lock:
@@ -290,7 +316,8 @@ class Collection:
             if joint_index is not None and joint is not None:
                 joint_index.add(joint)
         self._rows = {item_id: n for n, item_id in enumerate(ids)}
-        ann = AnnManager(self.settings.index, self.settings.recall_target, self.settings.name)
+        st = self.settings
+        ann = AnnManager(st.index, st.recall_target, st.name, st.hnsw, self._lock)
         return _View(index, joint_index, ann, list(ids), list(payloads))
 
     def _apply(self, record: dict[str, Any]) -> None:
@@ -348,5 +375,6 @@ class Collection:
         # none cleared the rows are already compact, and the approximate index stays as it is.
         if len(live) < view.index.rows:
             compact = self._build_view(ids, payloads, vectors, joint)
-            compact.ann.rebuild(compact.index)
+            compact.ann.adopt(view.ann, live, compact.index)
             self._view = compact
+        self._view.ann.save(self.folder, generation)

@@ -82,6 +82,8 @@ class CollectionInfo:
     index: str = "auto"
     recall_target: float = 0.95
     index_in_use: str = ""
+    hnsw_connectivity: int = 16
+    hnsw_expansion_add: int = 128
 
 
 def to_vector(v: npt.ArrayLike) -> pb.Vector:
@@ -153,7 +155,15 @@ def upsert_request(collection: str, items: Iterable[Item]) -> pb.UpsertRequest:
 
 
 def create_request(
-    name: str, dim: int, metric: str, embedder: str, joint: str, index: str, recall_target: float
+    name: str,
+    dim: int,
+    metric: str,
+    embedder: str,
+    joint: str,
+    index: str,
+    recall_target: float,
+    hnsw_connectivity: int = 0,
+    hnsw_expansion_add: int = 0,
 ) -> pb.CreateCollectionRequest:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}")
@@ -162,6 +172,7 @@ def create_request(
     config = pb.CollectionConfig(
         name=name, dim=dim, metric=METRICS[metric], embedder=embedder, joint=joint,
         index=INDEXES[index], recall_target=recall_target,
+        hnsw=pb.HnswConfig(connectivity=hnsw_connectivity, expansion_add=hnsw_expansion_add),
     )  # fmt: skip
     return pb.CreateCollectionRequest(config=config)
 
@@ -196,7 +207,7 @@ def info(resp: pb.CollectionInfo) -> CollectionInfo:
     index = INDEX_NAMES.get(c.index, "auto")
     return CollectionInfo(
         c.name, c.dim, metric, c.embedder, resp.count, c.joint, resp.joint_dim, index, c.recall_target,
-        resp.index_in_use,
+        resp.index_in_use, c.hnsw.connectivity, c.hnsw.expansion_add,
     )  # fmt: skip
 
 

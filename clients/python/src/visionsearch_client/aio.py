@@ -122,9 +122,15 @@ class AsyncClient:
         joint: str = "",
         index: str = "auto",
         recall_target: float = 0.0,
+        hnsw_connectivity: int = 0,
+        hnsw_expansion_add: int = 0,
         timeout: float | None = None,
     ) -> CollectionInfo:
-        req = cv.create_request(name, dim, metric, embedder, joint, index, recall_target)
+        """``hnsw_connectivity`` (M) and ``hnsw_expansion_add`` (ef_construction) shape the HNSW graph when
+        the index is or becomes HNSW; 0 takes the server's defaults (16, 128)."""
+        req = cv.create_request(
+            name, dim, metric, embedder, joint, index, recall_target, hnsw_connectivity, hnsw_expansion_add
+        )
         return cv.info(await self._call(self._collections.CreateCollection, req, timeout))
 
     async def get_collection(self, name: str, timeout: float | None = None) -> CollectionInfo:

@@ -555,6 +555,7 @@ class CollectionConfig(_message.Message):
     JOINT_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     RECALL_TARGET_FIELD_NUMBER: _builtins.int
+    HNSW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters from [A-Za-z0-9_-]."""
     dim: _builtins.int
@@ -576,6 +577,10 @@ class CollectionConfig(_message.Message):
     """
     recall_target: _builtins.float
     """Recall@10 an approximate index must reach, in (0, 1]; 0 means 0.95."""
+    @_builtins.property
+    def hnsw(self) -> Global___HnswConfig:
+        """Graph settings used when the index is (or INDEX_AUTO chooses) HNSW. Saved with the collection."""
+
     def __init__(
         self,
         *,
@@ -586,14 +591,39 @@ class CollectionConfig(_message.Message):
         joint: _builtins.str = ...,
         index: Global___IndexType.ValueType = ...,
         recall_target: _builtins.float = ...,
+        hnsw: Global___HnswConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hnsw", b"hnsw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "recall_target", b"recall_target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "recall_target", b"recall_target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectionConfig: _TypeAlias = CollectionConfig  # noqa: Y015
+
+@_typing.final
+class HnswConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    EXPANSION_ADD_FIELD_NUMBER: _builtins.int
+    connectivity: _builtins.int
+    """M: edges per node, 4..64; 0 means 16. More edges: better recall at a given ef, more memory."""
+    expansion_add: _builtins.int
+    """ef_construction: candidate list length while inserting, 16..1024; 0 means 128."""
+    def __init__(
+        self,
+        *,
+        connectivity: _builtins.int = ...,
+        expansion_add: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connectivity", b"connectivity", "expansion_add", b"expansion_add"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HnswConfig: _TypeAlias = HnswConfig  # noqa: Y015
 
 @_typing.final
 class CollectionInfo(_message.Message):
