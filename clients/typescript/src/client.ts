@@ -4,7 +4,7 @@ import { type CallOptions, type Client, createClient } from "@connectrpc/connect
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
-  type CollectionConfig,
+  type CollectionConfigSchema,
   type CollectionInfo,
   CollectionService,
   EmbedService,
@@ -85,7 +85,8 @@ export interface StoredItem {
   vector?: Float32Array;
 }
 
-export type CollectionInit = Partial<Omit<CollectionConfig, "$typeName" | "hnsw">> & { name: string };
+/** A collection's settings: name, dim (vector-only), metric, embedder, joint, index, recallTarget, hnsw. */
+export type CollectionInit = MessageInitShape<typeof CollectionConfigSchema> & { name: string };
 
 type SearchInit = MessageInitShape<typeof SearchRequestSchema>;
 type ItemInit = MessageInitShape<typeof ItemSchema>;
