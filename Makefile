@@ -13,7 +13,7 @@ serve: install
 	$(PY) -m server
 
 # Installs everything, then lints, type-checks and runs the whole test suite.
-test: install lint typecheck
+test: install clients lint typecheck
 	$(PY) -m pytest -q
 
 lint:

@@ -1,8 +1,8 @@
 """Keeps a collection's approximate index (LSH or HNSW) in step with its exact storage, and chooses it.
 
 Policy: ``exact`` never builds one; ``lsh`` and ``hnsw`` tune their query-time effort to the collection's
-recall target on a sample of its own vectors; ``auto`` stays exact below 10,000 items and above that takes
-LSH if its tuned setting meets the target at least twice as fast as exact search, else HNSW. The choice is
+recall target on a sample of its own vectors; ``auto`` stays exact below 10,000 items and above that tunes
+both and takes the faster of those that meet the target (LSH is kept only when it is). The choice is
 revisited whenever the collection has doubled since it was made.
 
 Building and tuning run on a background thread (minutes for HNSW at a million items): searches keep using
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from kernels import ExactIndex
 from kernels.hnsw import HNSWIndex, HNSWParams
 from kernels.lsh import MAX_PROBES, LSHParams, RandomProjectionLSH
 from kernels.topk import trim_unfilled
-from kernels.tuning import AUTO_EXACT_BELOW, build_hnsw, exact_rate, tune_hnsw_ef, tune_lsh
+from kernels.tuning import AUTO_EXACT_BELOW, build_hnsw, tune_hnsw_ef, tune_lsh
 
 log = logging.getLogger("visionsearch.index")
 
@@ -47,6 +47,7 @@ class _Choice:
     lsh: RandomProjectionLSH | None = None
     hnsw: HNSWIndex | None = None
     ef: int = 64
+    qps: float = 0.0  # measured while tuning
 
 
 _EXACT = _Choice("exact")
@@ -180,24 +181,23 @@ class AnnManager:
 
     def _choose(self, db: np.ndarray, rows: np.ndarray) -> _Choice:
         """Build and tune, off the writer's path. ``db`` rows in ``rows`` are never rewritten meanwhile."""
+        lsh: _Choice | None = None
         if self.kind in ("lsh", "auto"):
             tuned = tune_lsh(db, rows, self._tune_target)
-            if tuned.met:
-                m = tuned.measured
-                exact_qps = exact_rate(db, rows) if self.kind == "auto" else 0.0
-                if self.kind == "lsh" or m.qps >= 2 * exact_qps:
-                    p = tuned.index.params
-                    reason = (
-                        f"bits={p.bits} tables={p.tables} probes={p.probes}: recall@10 {m.recall:.3f} at "
-                        f"{m.qps:.0f} q/s on 200 sampled queries"
-                        + (f", {m.qps / exact_qps:.1f}x exact" if exact_qps else "")
-                    )
-                    return _Choice("lsh", reason, lsh=tuned.index)
-            elif self.kind == "lsh":
-                lsh = RandomProjectionLSH(db.shape[1], LSHParams(probes=176))
-                lsh.build(db, rows)
-                reason = f"no setting reached recall {self.recall_target}: probing the most buckets"
-                return _Choice("lsh", reason, lsh=lsh)
+            p, m = tuned.index.params, tuned.measured
+            if tuned.met or self.kind == "lsh":
+                index = tuned.index
+                reason = (
+                    f"bits={p.bits} tables={p.tables} probes={p.probes}: "
+                    f"recall@10 {m.recall:.3f} at {m.qps:.0f} q/s"
+                )
+                if not tuned.met:
+                    index = RandomProjectionLSH(db.shape[1], LSHParams(probes=MAX_PROBES))
+                    index.build(db, rows)
+                    reason = f"no setting reached recall {self.recall_target}: probing the most buckets"
+                lsh = _Choice("lsh", reason + " on 200 sampled queries", lsh=index, qps=m.qps)
+            if self.kind == "lsh":
+                return lsh  # type: ignore[return-value]
         hnsw = build_hnsw(db, rows, self.hnsw_params)
         ef, m = tune_hnsw_ef(hnsw, db, rows, self._tune_target)
         hp = self.hnsw_params
@@ -205,7 +205,13 @@ class AnnManager:
             f"M={hp.connectivity} ef_construction={hp.expansion_add} ef={ef}: recall@10 {m.recall:.3f} at "
             f"{m.qps:.0f} q/s on 200 sampled queries"
         )
-        return _Choice("hnsw", reason, hnsw=hnsw, ef=ef)
+        graph = _Choice("hnsw", reason, hnsw=hnsw, ef=ef, qps=m.qps)
+        if lsh is None:
+            return graph
+        # auto: the faster of the two that meet the target (tuning ends at the target or the top setting).
+        met = m.recall >= self._tune_target
+        faster, slower = (lsh, graph) if (lsh.qps > graph.qps or not met) else (graph, lsh)
+        return replace(faster, reason=f"{faster.reason}; {slower.in_use} measured {slower.qps:.0f} q/s")
 
     def on_add(self, index: ExactIndex, rows: np.ndarray) -> None:
         if self._deferred:
