@@ -13,6 +13,7 @@ import torchvision
 from PIL import Image
 
 from embedder import assets
+from embedder.batcher import DynamicBatcher
 from embedder.errors import BadImage, ImageTooLarge
 
 IMAGE_MODEL = "mobilenet_v2"
@@ -92,7 +93,16 @@ class ImageEmbedder:
     model_name = IMAGE_MODEL
     dim = IMAGE_DIM
 
-    def __init__(self, *, threads: int, max_pixels: int, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        max_pixels: int,
+        batch_size: int = 32,
+        max_batch: int = 16,
+        max_wait_s: float = 0.002,
+        max_queue: int = 64,
+    ) -> None:
         torch.set_num_threads(threads)
         self.max_pixels = max_pixels
         self.batch_size = batch_size
@@ -104,6 +114,10 @@ class ImageEmbedder:
         self._classifier = net.classifier
         # One forward at a time: torch already uses every configured thread inside one forward.
         self._lock = threading.Lock()
+        # Requests of a few images go through the dynamic batcher; bulk ones are batches already.
+        self.batcher = DynamicBatcher(
+            self.embed_arrays, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue
+        )
 
     def classifier(self) -> tuple[np.ndarray, np.ndarray]:
         """The ImageNet classifier on top of the features: weight (1000, 1280) and bias (1000,)."""
@@ -122,8 +136,19 @@ class ImageEmbedder:
             return np.empty((0, self.dim), np.float32)
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
-    def embed(self, images: Sequence[bytes], size: int = DEFAULT_SIZE) -> np.ndarray:
-        """Encoded images -> (m, 1280) float32 features at input ``size``; an undecodable image raises."""
+    def embed(
+        self,
+        images: Sequence[bytes],
+        size: int = DEFAULT_SIZE,
+        *,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> np.ndarray:
+        """Encoded images -> (m, 1280) float32 features at input ``size``; an undecodable image raises.
+
+        Up to ``max_batch`` images share forwards with other callers' (``DynamicBatcher``): the call may
+        raise ``QueueFull`` under overload, ``Expired`` once ``deadline`` (a ``time.monotonic()`` value)
+        passes and ``Cancelled`` when ``cancelled`` is set; bigger requests run as their own batches."""
         arrays = []
         for n, data in enumerate(images):
             try:
@@ -132,4 +157,9 @@ class ImageEmbedder:
                 if len(images) > 1:
                     raise type(e)(f"image {n}: {e}") from None
                 raise
+        if 0 < len(arrays) <= self.batcher.max_batch:
+            return self.batcher.embed(arrays, deadline=deadline, cancelled=cancelled)
         return self.embed_arrays(np.stack(arrays) if arrays else np.empty((0, 3, size, size), np.float32))
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -37,6 +37,13 @@ class Config:
     fashion_sample: int = _setting(
         1000, "Fashion-MNIST test photos in the default collection (spread over classes)"
     )
+    embed_max_batch: int = _setting(16, "images one dynamically batched torch forward may gather")
+    embed_max_wait_ms: float = _setting(
+        2.0, "how long the embedding worker waits for more images after the first of a batch"
+    )
+    embed_queue: int = _setting(
+        64, "images that may wait for the embedding worker; beyond that calls get RESOURCE_EXHAUSTED"
+    )
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls may take to finish")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -49,10 +56,14 @@ class Config:
             "max_pixels",
             "max_k",
             "snapshot_wal_bytes",
+            "embed_max_batch",
+            "embed_queue",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.embed_max_wait_ms < 0:
+            raise ValueError(f"embed_max_wait_ms must be >= 0, got {self.embed_max_wait_ms}")
         if self.fashion_sample < 0:
             raise ValueError(f"fashion_sample must be >= 0, got {self.fashion_sample}")
 

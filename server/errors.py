@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from embedder.batcher import Cancelled, Expired, QueueFull
 from embedder.errors import AssetMissing, BadImage, ImageTooLarge, UnknownWord
 from embedder.head import HeadMismatch
 
@@ -29,6 +30,7 @@ class Error(enum.Enum):
     OVERLOADED = ("overloaded", grpc.StatusCode.RESOURCE_EXHAUSTED)
     UNIMPLEMENTED = ("unimplemented", grpc.StatusCode.UNIMPLEMENTED)
     DEADLINE = ("deadline", grpc.StatusCode.DEADLINE_EXCEEDED)
+    CANCELLED = ("cancelled", grpc.StatusCode.CANCELLED)
     UNAVAILABLE = ("unavailable", grpc.StatusCode.UNAVAILABLE)
     INTERNAL = ("internal", grpc.StatusCode.INTERNAL)
 
@@ -50,6 +52,9 @@ _EMBEDDER_ERRORS: dict[type[Exception], Error] = {
     UnknownWord: Error.NOT_FOUND,
     AssetMissing: Error.UNAVAILABLE,
     HeadMismatch: Error.PRECONDITION,
+    QueueFull: Error.OVERLOADED,
+    Expired: Error.DEADLINE,
+    Cancelled: Error.CANCELLED,
 }
 
 

@@ -34,7 +34,13 @@ class Services:
     @classmethod
     def start(cls, config: Config) -> Services:
         t0 = time.perf_counter()
-        images = ImageEmbedder(threads=config.torch_threads, max_pixels=config.max_pixels)
+        images = ImageEmbedder(
+            threads=config.torch_threads,
+            max_pixels=config.max_pixels,
+            max_batch=config.embed_max_batch,
+            max_wait_s=config.embed_max_wait_ms / 1000,
+            max_queue=config.embed_queue,
+        )
         words = WordVectors()
         word_index = ExactIndex(words.dim, capacity=len(words.words))
         word_index.add(l2_normalize(words.vocabulary_matrix()))

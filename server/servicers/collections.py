@@ -8,7 +8,7 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 from embedder.image import input_size
 from kernels.hnsw import HNSW_DEFAULTS
 from server.errors import Error, fail, rpc_method
-from server.servicers.common import check_deadline
+from server.servicers.common import call_budget
 from server.services import Services
 from server.storage import Collection, CollectionSettings
 from server.wire import (
@@ -129,8 +129,10 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
                 fail(
                     Error.PRECONDITION, f"collection {c.name!r} has no image embedder: upsert vectors instead"
                 )
-            check_deadline(context, "embedding the items' images")
-            vectors[image_slots] = self.s.images.embed(images, size=input_size(c.settings.embedder))
+            b = call_budget(context, "embedding the items' images")
+            vectors[image_slots] = self.s.images.embed(
+                images, size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
+            )
         prepared = c.prepare_vectors(vectors, "an item's vector")
         joint = c.prepare_joint(self.s.joint(c.settings.joint).project(vectors)) if c.settings.joint else None
         upserted = c.upsert(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass
+
 import grpc
 
 from server.errors import Error, fail
@@ -12,3 +16,21 @@ def check_deadline(context: grpc.ServicerContext, before: str) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         fail(Error.DEADLINE, f"deadline exceeded before {before}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the embedding worker needs to drop work nobody waits for: the caller's deadline (a
+    ``time.monotonic()`` value, None without one) and an event set when the call ends early."""
+
+    deadline: float | None
+    cancelled: threading.Event
+
+
+def call_budget(context: grpc.ServicerContext, before: str) -> Budget:
+    check_deadline(context, before)
+    remaining = context.time_remaining()
+    cancelled = threading.Event()
+    # The callback runs when the call ends for any reason; it matters only if the call is still waiting.
+    context.add_callback(cancelled.set)
+    return Budget(None if remaining is None else time.monotonic() + remaining, cancelled)

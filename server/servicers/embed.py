@@ -5,7 +5,7 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from server.errors import Error, fail, rpc_method
-from server.servicers.common import check_deadline
+from server.servicers.common import call_budget
 from server.services import Services
 from server.wire import vector_to_pb
 
@@ -18,8 +18,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         which = request.WhichOneof("input")
         if which == "image":
-            check_deadline(context, "embedding the image")
-            vec = self.s.images.embed([request.image])[0]
+            b = call_budget(context, "embedding the image")
+            vec = self.s.images.embed([request.image], deadline=b.deadline, cancelled=b.cancelled)[0]
             model = self.s.images.model_name
         elif which == "word":
             if not request.word.strip():

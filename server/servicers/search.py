@@ -8,7 +8,7 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 from embedder.errors import UnknownWord
 from embedder.image import input_size
 from server.errors import Error, fail, rpc_method
-from server.servicers.common import check_deadline
+from server.servicers.common import call_budget
 from server.services import Services
 from server.storage import Collection
 from server.wire import MAX_EFFORT, check_k, vector_from_pb, vector_to_pb
@@ -80,8 +80,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 Error.PRECONDITION,
                 f"collection {c.name!r} has no image embedder: query it with a vector or an item id",
             )
-        check_deadline(context, "embedding the query image")
-        return self.s.images.embed([image], size=input_size(c.settings.embedder))
+        b = call_budget(context, "embedding the query image")
+        return self.s.images.embed(
+            [image], size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
+        )
 
     def _project(
         self, c: Collection, features: np.ndarray, context: grpc.ServicerContext, what: str

@@ -8,7 +8,7 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 from embedder.text import TextSpace
 from kernels import topk_inner_product
 from server.errors import Error, fail, rpc_method
-from server.servicers.common import check_deadline
+from server.servicers.common import call_budget
 from server.services import Services
 from server.wire import check_k
 
@@ -25,8 +25,11 @@ class TagServicer(pb_grpc.TagServiceServicer):
         k = check_k(request.k, self.s.config.max_k)
         joint = self.s.joint(request.joint or DEFAULT_JOINT)
         named = self._vocabulary(list(request.vocabulary), joint.text)
-        check_deadline(context, "embedding the image")
-        vec = joint.project(self.s.images.embed([request.image], size=joint.input_size or 224))
+        b = call_budget(context, "embedding the image")
+        size = joint.input_size or 224
+        vec = joint.project(
+            self.s.images.embed([request.image], size=size, deadline=b.deadline, cancelled=b.cancelled)
+        )
         norm = float(np.linalg.norm(vec))
         vec = (vec / (norm or 1.0)).astype(np.float32)
         if named is None:

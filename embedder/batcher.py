@@ -1,0 +1,182 @@
+"""Dynamic batching for the embedding worker: concurrent callers' images share one torch forward.
+
+Callers decode and preprocess their own images (in their own threads, in parallel) and enqueue the arrays.
+One worker thread takes the first waiting image, then gathers more until it has ``max_batch`` or
+``max_wait_s`` has passed since the first arrived, and runs them as one batch. A batched forward costs far
+less per image than single ones, so under concurrency throughput rises instead of latency.
+
+Bounded: at most ``max_queue`` images wait. A submission that does not fit is refused at once
+(``QueueFull``): a growing queue only turns overload into timeouts for everyone. Work nobody waits for is
+dropped before it reaches torch: an image whose caller's deadline has passed or whose caller cancelled is
+skipped when its batch is formed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedder.errors import EmbedderError
+
+
+class QueueFull(EmbedderError):
+    """More images are waiting than the queue holds."""
+
+
+class Expired(EmbedderError):
+    """The caller's deadline passed before its images were embedded."""
+
+
+class Cancelled(EmbedderError):
+    """The caller went away before its images were embedded."""
+
+
+@dataclass
+class _Job:
+    array: np.ndarray  # (3, S, S) preprocessed image
+    deadline: float | None  # time.monotonic() value
+    future: Future[np.ndarray] = field(default_factory=Future)
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    embedded: int = 0  # images that went through torch
+    dropped: int = 0  # images skipped because their caller's deadline passed or it cancelled
+    refused: int = 0  # images refused because the queue was full
+    largest_batch: int = 0
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        forward: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 16,
+        max_wait_s: float = 0.002,
+        max_queue: int = 64,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
+        self._forward = forward
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.stats = BatcherStats()
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
+        self._worker.start()
+
+    def embed(
+        self,
+        arrays: Sequence[np.ndarray],
+        *,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> np.ndarray:
+        """Embed preprocessed images (each (3, S, S)); blocks until done. ``deadline`` is a
+        ``time.monotonic()`` value; ``cancelled`` is set by whoever learns that the caller went away."""
+        if not arrays:
+            raise ValueError("no images to embed")
+        jobs = [_Job(np.ascontiguousarray(a, dtype=np.float32), deadline) for a in arrays]
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the embedding worker is closed")
+            if len(self._queue) + len(jobs) > self.max_queue:
+                self.stats.refused += len(jobs)
+                raise QueueFull(
+                    f"the embedding queue is full ({len(self._queue)} of {self.max_queue} images waiting): "
+                    "retry with backoff, or spread the load over more servers"
+                )
+            self._queue.extend(jobs)
+            self._cond.notify()
+        out = []
+        for job in jobs:
+            out.append(self._wait(job, deadline, cancelled))
+        return np.stack(out)
+
+    def _wait(self, job: _Job, deadline: float | None, cancelled: threading.Event | None) -> np.ndarray:
+        # Wake up now and then to notice a cancellation; the result itself wakes us at once.
+        while True:
+            timeout = 0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic()))
+            try:
+                return job.future.result(timeout=timeout)
+            except FutureTimeout:
+                pass
+            if cancelled is not None and cancelled.is_set():
+                job.future.cancel()
+                raise Cancelled("the caller cancelled the request")
+            if deadline is not None and time.monotonic() >= deadline:
+                # Cancelling a queued job makes the worker skip it; one already in torch finishes.
+                job.future.cancel()
+                raise Expired("deadline exceeded while waiting for the embedding worker")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join(timeout=5)
+
+    # ------------------------------------------------------------------ the worker
+
+    def _take_batch(self) -> list[_Job]:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return []
+            batch = [self._queue.popleft()]
+            until = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                if self._queue:
+                    batch.append(self._queue.popleft())
+                    continue
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            now = time.monotonic()
+            live = []
+            for job in batch:
+                expired = job.deadline is not None and now >= job.deadline
+                # set_running_or_notify_cancel is False for a job its caller cancelled.
+                if expired or not job.future.set_running_or_notify_cancel():
+                    self.stats.dropped += 1
+                    if expired and not job.future.done():
+                        job.future.set_exception(Expired("deadline passed in the queue"))
+                    continue
+                live.append(job)
+            if not live:
+                continue
+            # Images of one input size stack into one forward; requests at other sizes form their own.
+            by_shape: dict[tuple[int, ...], list[_Job]] = {}
+            for job in live:
+                by_shape.setdefault(job.array.shape, []).append(job)
+            for jobs in by_shape.values():
+                try:
+                    vectors = self._forward(np.stack([j.array for j in jobs]))
+                except Exception as exc:  # every waiting caller gets the failure, the worker goes on
+                    for j in jobs:
+                        j.future.set_exception(exc)
+                    continue
+                self.stats.batches += 1
+                self.stats.embedded += len(jobs)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+                for j, v in zip(jobs, vectors, strict=True):
+                    j.future.set_result(v)
