@@ -103,7 +103,7 @@ class Report:
     mode: str
     offered_rate: float | None  # requests/s asked for (open loop); None in a closed loop
     concurrency: int
-    elapsed_s: float  # measured window: its start to the last completion
+    elapsed_s: float  # measured window start to the last completion (open loop: at least n/rate)
     requests: int  # recorded (sent in the measured window and completed or failed)
     ok: int
     errors: dict[str, int]  # by gRPC status name, e.g. {"RESOURCE_EXHAUSTED": 12}

@@ -73,12 +73,13 @@ async def drive_open(
     window: Window,
     max_in_flight: int,
     recorder: Recorder,
-) -> float:
+) -> tuple[float, float]:
     """Send request i at ``t0 + next(schedule)`` whatever happened to earlier ones; record those scheduled
-    in the window. Returns the perf_counter time of the last recorded completion (or the window start)."""
+    in the window. Returns the perf_counter times of the last recorded completion and of the last recorded
+    request's schedule (both the window start if none was recorded)."""
     slots = asyncio.Semaphore(max_in_flight)
     pending: set[asyncio.Task[None]] = set()
-    last_done = window.start
+    last_done = last_scheduled = window.start
     recorded = 0
 
     async def one(i: int, scheduled: float, measured: bool) -> None:
@@ -102,6 +103,7 @@ async def drive_open(
             if window.max_requests is not None and recorded >= window.max_requests:
                 break
             recorded += 1
+            last_scheduled = scheduled
         delay = scheduled - time.perf_counter()
         # Always yield to the loop (sleep(0) when late) so responses are read while the generator catches up.
         await asyncio.sleep(delay if delay > 0 else 0)
@@ -111,7 +113,7 @@ async def drive_open(
         task.add_done_callback(pending.discard)
     if pending:
         await asyncio.gather(*pending)
-    return last_done
+    return last_done, last_scheduled
 
 
 async def drive_closed(
@@ -193,9 +195,12 @@ class Target:
             offered = None
         else:
             schedule = arrivals(config.rate, config.arrival, config.seed)
-            last = await drive_open(
+            last_done, last_scheduled = await drive_open(
                 self.send, schedule, t0, config.warmup_s, window, config.max_in_flight, recorder
             )
+            # The offered load spans the schedule (n requests take n/rate s), so a server that keeps up
+            # achieves the offered rate; completions after that stretch the span.
+            last = max(last_done, last_scheduled + 1 / config.rate) if len(recorder) else last_done
             offered = config.rate
         return build_report(config, recorder, last - window.start, offered_rate=offered)
 
