@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import selectors
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +34,8 @@ from visionsearch_client.loadtest.config import (
     UnreachableError,
 )
 from visionsearch_client.loadtest.report import Recorder, Report, build_report
+
+T = TypeVar("T")
 
 # send(i) performs request i and returns (its kind's index in KINDS, its gRPC status name, or "OK").
 Send = Callable[[int], Awaitable[tuple[int, str]]]
@@ -286,7 +290,37 @@ def run(config: LoadConfig) -> Report:
 
     Raises ``UnreachableError`` (dead address, not serving) or ``ConfigError`` (unknown collection, no
     images, ...) before any load is sent."""
-    return asyncio.run(run_async(config))
+    return run_in_new_loop(run_async(config))
 
 
-__all__ = ["Send", "Target", "Window", "arrivals", "drive_closed", "drive_open", "run", "run_async"]
+def run_in_new_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a select()-based event loop. The default (epoll) loop sleeps in whole milliseconds,
+    so open-loop sends would wake ~0.5 ms late on average (measured: lag p50 0.6 ms at 2,000 req/s); select()
+    takes microsecond timeouts (lag p50 ~0.1 ms). Callers inside their own loop use ``run_async`` and get
+    their loop's timer precision (the lag is reported either way)."""
+    try:
+        loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+    except (OSError, ValueError):  # no select() here: the default loop still works, with coarser timers
+        return asyncio.run(coro)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+__all__ = [
+    "Send",
+    "Target",
+    "Window",
+    "arrivals",
+    "drive_closed",
+    "drive_open",
+    "run",
+    "run_async",
+    "run_in_new_loop",
+]

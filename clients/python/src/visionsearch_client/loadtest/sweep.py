@@ -3,13 +3,12 @@ the offered rate); the highest rate that held is the answer."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
 from visionsearch_client.loadtest.config import ConfigError, LoadConfig
 from visionsearch_client.loadtest.report import LAG_WARN_MS, Report, SweepReport, SweepStep, config_dict
-from visionsearch_client.loadtest.runner import Target
+from visionsearch_client.loadtest.runner import Target, run_in_new_loop
 
 
 def rates(start_rate: float, factor: float | None, step: float | None, max_steps: int) -> list[float]:
@@ -121,7 +120,7 @@ def sweep(
     ``start_rate * factor**i`` (or ``start_rate + i * step``), until a step's p99 exceeds ``p99_bound_ms``,
     its error rate exceeds ``max_error_rate`` or its achieved throughput falls below ``min_achieved_ratio`` of
     the offered rate, or ``max_steps`` ran. The server is checked and the requests prepared once."""
-    return asyncio.run(
+    return run_in_new_loop(
         sweep_async(
             config,
             start_rate=start_rate,
