@@ -1,9 +1,11 @@
 """Dynamic batching for the embedding worker: concurrent callers' images share one torch forward.
 
 Callers decode and preprocess their own images (in their own threads, in parallel) and enqueue the arrays.
-One worker thread takes the first waiting image, then gathers more until it has ``max_batch`` or
-``max_wait_s`` has passed since the first arrived, and runs them as one batch. A batched forward costs far
-less per image than single ones, so under concurrency throughput rises instead of latency.
+Each of ``workers`` threads takes the first waiting image, then gathers more until it has ``max_batch`` or
+``max_wait_s`` has passed since the first arrived, and runs them as one forward; the workers' forwards run
+side by side (torch releases the GIL). Which mix of batch size, workers and torch threads per forward is
+fastest depends on the CPU: ``bench/embed_throughput.py`` measures it (on the 2-core development machine, two
+workers with one torch thread each and batches of up to 4 beat one two-thread forward at any batch size).
 
 Bounded: at most ``max_queue`` images wait. A submission that does not fit is refused at once
 (``QueueFull``): a growing queue only turns overload into timeouts for everyone. Work nobody waits for is
@@ -40,7 +42,7 @@ class Cancelled(EmbedderError):
 
 @dataclass
 class _Job:
-    array: np.ndarray  # (3, S, S) preprocessed image
+    array: np.ndarray  # one image as the forward takes it, e.g. a (S, S, 3) uint8 crop
     deadline: float | None  # time.monotonic() value
     future: Future[np.ndarray] = field(default_factory=Future)
 
@@ -62,9 +64,10 @@ class DynamicBatcher:
         max_batch: int = 16,
         max_wait_s: float = 0.002,
         max_queue: int = 64,
+        workers: int = 1,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
+        if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_s < 0:
+            raise ValueError("max_batch, max_queue and workers must be >= 1 and max_wait_s >= 0")
         self._forward = forward
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -73,8 +76,12 @@ class DynamicBatcher:
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
-        self._worker.start()
+        self._stats_lock = threading.Lock()
+        self._workers = [
+            threading.Thread(target=self._run, name=f"embed-worker-{n}", daemon=True) for n in range(workers)
+        ]
+        for w in self._workers:
+            w.start()
 
     def embed(
         self,
@@ -83,16 +90,17 @@ class DynamicBatcher:
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
     ) -> np.ndarray:
-        """Embed preprocessed images (each (3, S, S)); blocks until done. ``deadline`` is a
+        """Embed images (each as the forward takes it); blocks until done. ``deadline`` is a
         ``time.monotonic()`` value; ``cancelled`` is set by whoever learns that the caller went away."""
         if not arrays:
             raise ValueError("no images to embed")
-        jobs = [_Job(np.ascontiguousarray(a, dtype=np.float32), deadline) for a in arrays]
+        jobs = [_Job(np.ascontiguousarray(a), deadline) for a in arrays]
         with self._cond:
             if self._closed:
                 raise RuntimeError("the embedding worker is closed")
             if len(self._queue) + len(jobs) > self.max_queue:
-                self.stats.refused += len(jobs)
+                with self._stats_lock:
+                    self.stats.refused += len(jobs)
                 raise QueueFull(
                     f"the embedding queue is full ({len(self._queue)} of {self.max_queue} images waiting): "
                     "retry with backoff, or spread the load over more servers"
@@ -124,7 +132,8 @@ class DynamicBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._worker.join(timeout=5)
+        for w in self._workers:
+            w.join(timeout=5)
 
     # ------------------------------------------------------------------ the worker
 
@@ -157,7 +166,8 @@ class DynamicBatcher:
                 expired = job.deadline is not None and now >= job.deadline
                 # set_running_or_notify_cancel is False for a job its caller cancelled.
                 if expired or not job.future.set_running_or_notify_cancel():
-                    self.stats.dropped += 1
+                    with self._stats_lock:
+                        self.stats.dropped += 1
                     if expired and not job.future.done():
                         job.future.set_exception(Expired("deadline passed in the queue"))
                     continue
@@ -175,8 +185,9 @@ class DynamicBatcher:
                     for j in jobs:
                         j.future.set_exception(exc)
                     continue
-                self.stats.batches += 1
-                self.stats.embedded += len(jobs)
-                self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+                with self._stats_lock:
+                    self.stats.batches += 1
+                    self.stats.embedded += len(jobs)
+                    self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
                 for j, v in zip(jobs, vectors, strict=True):
                     j.future.set_result(v)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Services:
             max_batch=config.embed_max_batch,
             max_wait_s=config.embed_max_wait_ms / 1000,
             max_queue=config.embed_queue,
+            processes=config.embed_processes,
+            workers=os.cpu_count() or 1,
         )
         words = WordVectors()
         word_index = ExactIndex(words.dim, capacity=len(words.words))

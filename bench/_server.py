@@ -1,0 +1,64 @@
+"""A visionsearch server in a child process for benchmarks, so that the load generator and the server
+never share one interpreter's GIL (as with a real client on another machine, minus the network)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchServer:
+    def __init__(self, *flags: str, data_dir: Path | None = None) -> None:
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="vs-bench-")
+        data = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--address", "127.0.0.1:0", "--data-dir", str(data),
+             "--no-default-collection", "--no-fsync", "--log-level", "WARNING", *flags],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (\S+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r}")
+        self.address = m.group(1)
+        with grpc.insecure_channel(self.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server never became healthy")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> BenchServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

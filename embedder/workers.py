@@ -1,0 +1,125 @@
+"""Forward passes in child processes, so torch never competes for the serving process's GIL.
+
+A torch forward of MobileNetV2 is ~150 module calls; between them the calling thread must take the GIL back.
+In a process that also runs 16 gRPC threads decoding images and parsing protobufs, each of those hand-overs
+can wait out the interpreter's switch interval: on the 2-core development machine, 8 concurrent Embed
+callers got 76% of what the bare model does (bench/embed_throughput.py). Each worker here is a process
+(started with "spawn": forking a process that already runs threads is unsafe) holding its own copy of the
+network, with ``threads`` torch threads; it takes (m, S, S, 3) uint8 crops over a pipe and sends back
+(m, 1280) float32 features. A worker that dies is replaced and the call that was on it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import queue
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("visionsearch.embedder")
+
+
+def _serve(conn: Connection, weights: str, threads: int) -> None:
+    """The child's loop: crops in, features out; an exception is sent back as its text."""
+    import torch  # imported in the child only: "spawn" starts a fresh interpreter
+
+    from embedder.image import ImageNetwork
+
+    torch.set_num_threads(threads)
+    net = ImageNetwork(weights)
+    conn.send(("ready", None))
+    while True:
+        try:
+            pixels = conn.recv()
+        except EOFError:
+            return
+        if pixels is None:
+            return
+        try:
+            conn.send(("ok", net.forward_pixels(pixels)))
+        except Exception as exc:  # the parent raises it for the callers of this batch
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    def __init__(self, ctx: Any, weights: str, threads: int, n: int) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, weights, threads), name=f"embed-{n}", daemon=True)
+        self.proc.start()
+        child.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"embedding worker {self.proc.name} did not start within {timeout:.0f} s")
+        try:
+            status, _ = self.conn.recv()
+        except EOFError:
+            status = "exited"
+        if status != "ready":
+            raise RuntimeError(
+                f"embedding worker {self.proc.name} exited during start-up (its error is on stderr); a "
+                "program that starts workers must guard its entry point with `if __name__ == '__main__':`"
+            )
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
+
+
+class ForwardPool:
+    """``forward(pixels)`` on whichever worker process is idle; thread-safe, blocks while all are busy."""
+
+    def __init__(self, weights: str, *, processes: int, threads: int, start_timeout: float = 120) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._weights, self._threads = weights, threads
+        self._lock = threading.Lock()
+        self._closed = False
+        self._count = 0
+        workers = [self._spawn() for _ in range(processes)]
+        for w in workers:  # they start side by side; wait for all
+            w.wait_ready(start_timeout)
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        for w in workers:
+            self._idle.put(w)
+        self.processes = processes
+
+    def _spawn(self) -> _Worker:
+        with self._lock:
+            self._count += 1
+            n = self._count
+        return _Worker(self._ctx, self._weights, self._threads, n)
+
+    def forward(self, pixels: np.ndarray) -> np.ndarray:
+        worker = self._idle.get()
+        try:
+            worker.conn.send(np.ascontiguousarray(pixels))
+            status, value = worker.conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as exc:
+            log.error("embedding worker %s died (%s); starting another", worker.proc.name, exc)
+            worker.stop()
+            worker = self._spawn()
+            worker.wait_ready(120)
+            raise RuntimeError("the embedding worker died during this batch; retry") from None
+        finally:
+            if not self._closed:
+                self._idle.put(worker)
+        if status != "ok":
+            raise RuntimeError(f"embedding failed in the worker: {value}")
+        return np.asarray(value)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().stop()
+            except queue.Empty:
+                return

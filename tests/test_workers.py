@@ -1,0 +1,45 @@
+"""Embedding worker processes: the same features as the in-process network, errors come back as errors,
+and a worker that dies is replaced while the pool goes on serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from embedder import assets
+from embedder.image import ImageNetwork, decode_pixels
+from embedder.workers import ForwardPool
+from tests.conftest import LION
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ForwardPool]:
+    p = ForwardPool(str(assets.mobilenet_v2_weights()), processes=1, threads=1)
+    yield p
+    p.close()
+
+
+def test_worker_features_equal_the_in_process_network(pool: ForwardPool) -> None:
+    crops = np.stack([decode_pixels(LION.read_bytes(), 10**8)] * 2)
+    local = ImageNetwork(str(assets.mobilenet_v2_weights()))
+    np.testing.assert_allclose(pool.forward(crops), local.forward_pixels(crops), rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_forward_is_an_error_and_the_worker_goes_on(pool: ForwardPool) -> None:
+    with pytest.raises(RuntimeError, match="embedding failed in the worker"):
+        pool.forward(np.zeros((1, 224, 224), np.uint8))  # no colour axis
+    assert pool.forward(np.stack([decode_pixels(LION.read_bytes(), 10**8)])).shape == (1, 1280)
+
+
+def test_a_dead_worker_is_replaced(pool: ForwardPool) -> None:
+    worker = pool._idle.get()
+    pool._idle.put(worker)
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    worker.proc.join(10)
+    with pytest.raises(RuntimeError, match="died"):
+        pool.forward(np.stack([decode_pixels(LION.read_bytes(), 10**8)]))
+    assert pool.forward(np.stack([decode_pixels(LION.read_bytes(), 10**8)])).shape == (1, 1280)
