@@ -5,7 +5,7 @@ from numba import njit, prange
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _row_norms(x: np.ndarray) -> np.ndarray:
+def _row_norms_parallel(x: np.ndarray) -> np.ndarray:
     n, d = x.shape
     out = np.empty(n, dtype=np.float32)
     for i in prange(n):
@@ -14,6 +14,28 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
             s += x[i, j] * x[i, j]
         out[i] = np.sqrt(s)
     return out
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _row_norms_serial(x: np.ndarray) -> np.ndarray:
+    n, d = x.shape
+    out = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        s = np.float32(0.0)
+        for j in range(d):
+            s += x[i, j] * x[i, j]
+        out[i] = np.sqrt(s)
+    return out
+
+
+# Below this many elements, waking Numba's worker threads costs more than the sum itself; under load, when
+# those threads are descheduled, it cost a single-query search as much as its HNSW lookup (py-spy profile of
+# bench/latency.py).
+_PARALLEL_FROM = 1 << 16
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    return _row_norms_parallel(x) if x.size >= _PARALLEL_FROM else _row_norms_serial(x)
 
 
 @njit(cache=True, nogil=True)

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from server.aio import AioServer, adapt, add_health_and_reflection
 from server.config import Config
 from server.default_collection import ensure_default_collection
 from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, TagServicer
@@ -31,7 +33,11 @@ class Running:
     """A started server and what it serves; ``stop`` drains calls and flushes collections to disk."""
 
     def __init__(
-        self, server: grpc.Server, port: int, services: Services, health_servicer: health.HealthServicer
+        self,
+        server: grpc.Server | AioServer,
+        port: int,
+        services: Services,
+        health_servicer: health.HealthServicer | health.aio.HealthServicer,
     ):
         self.server = server
         self.port = port
@@ -46,7 +52,10 @@ class Running:
                 return
             self._stopped = True
         grace = self.services.config.grace_seconds if grace is None else grace
-        self.health.enter_graceful_shutdown()
+        if isinstance(self.server, AioServer):
+            self.server.call(self.health.enter_graceful_shutdown())  # a coroutine in grpc.aio
+        else:
+            self.health.enter_graceful_shutdown()
         # Refuse new calls, let in-flight ones finish within the grace period, then flush every collection.
         self.server.stop(grace).wait()
         self.services.close()
@@ -60,12 +69,31 @@ def create_server(config: Config, services: Services | None = None) -> Running:
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    adders: tuple[tuple[Any, Any, type], ...] = (
+        (pb_grpc.add_EmbedServiceServicer_to_server, EmbedServicer, pb_grpc.EmbedServiceServicer),
+        (pb_grpc.add_SearchServiceServicer_to_server, SearchServicer, pb_grpc.SearchServiceServicer),
+        (pb_grpc.add_TagServiceServicer_to_server, TagServicer, pb_grpc.TagServiceServicer),
+        (
+            pb_grpc.add_CollectionServiceServicer_to_server,
+            CollectionServicer,
+            pb_grpc.CollectionServiceServicer,
+        ),
+    )
     # Bind first: a taken port should fail in a second, not after minutes of model loading and indexing.
-    try:
-        port = server.add_insecure_port(config.address)
-    except RuntimeError:
-        port = 0
+    server: grpc.Server | AioServer
+    if config.server_mode == "aio":
+        try:
+            server = AioServer(options, config.address, config.workers)
+            port = server.port
+        except RuntimeError:
+            port = 0
+    else:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+        try:
+            port = server.add_insecure_port(config.address)
+        except RuntimeError:
+            port = 0
     if port == 0:
         raise AddressUnavailable(
             f"cannot listen on {config.address} (is another server using it?): "
@@ -74,19 +102,29 @@ def create_server(config: Config, services: Services | None = None) -> Running:
     services = services or Services.start(config)
     if config.default_collection:
         ensure_default_collection(services)
-    pb_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(services), server)
-    pb_grpc.add_SearchServiceServicer_to_server(SearchServicer(services), server)
-    pb_grpc.add_TagServiceServicer_to_server(TagServicer(services), server)
-    pb_grpc.add_CollectionServiceServicer_to_server(CollectionServicer(services), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    server.start()
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"address": config.address, "port": port})
+    health_servicer: health.HealthServicer | health.aio.HealthServicer
+    if isinstance(server, AioServer):
+        aio = server
+        for add, cls, base in adders:
+
+            def register(add: Any = add, cls: Any = cls, base: type = base) -> None:
+                add(adapt(cls(services), base, aio.pool), aio.server)
+
+            aio.run(register)
+        health_servicer = aio.run(lambda: add_health_and_reflection(aio.server, names))
+        aio.start()
+        for name in ("", *SERVICE_NAMES):
+            aio.call(health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING))
+    else:
+        for add, cls, _ in adders:
+            add(cls(services), server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(names, server)
+        server.start()
+        for name in ("", *SERVICE_NAMES):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"address": config.address, "port": port, "mode": config.server_mode})
     return Running(server, port, services, health_servicer)
 
 

@@ -22,7 +22,10 @@ def _setting(default: Any, help: str) -> Any:
 class Config:
     address: str = _setting("127.0.0.1:50051", "host:port to listen on; port 0 picks a free port")
     data_dir: Path = _setting(Path("data"), "where collections are persisted")  # noqa: RUF009 - immutable
-    workers: int = _setting(16, "gRPC worker threads (concurrent calls being served)")
+    server_mode: str = _setting(
+        "aio", "aio (one event loop; calls that wait on models or disk go to a pool) or sync (a thread pool)"
+    )
+    workers: int = _setting(16, "threads for calls that wait (aio) or for every call (sync)")
     # Measured by bench/embed_throughput.py on 2 cores: two one-thread forwards side by side embed more than
     # twice the images per second of one two-thread forward, and in their own processes they do not wait for
     # the serving process's GIL between layers.
@@ -68,6 +71,8 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.server_mode not in ("aio", "sync"):
+            raise ValueError(f"server_mode must be aio or sync, got {self.server_mode!r}")
         if self.embed_processes < 0:
             raise ValueError(f"embed_processes must be >= 0, got {self.embed_processes}")
         if self.embed_max_wait_ms < 0:

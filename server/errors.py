@@ -90,9 +90,17 @@ def rpc_method(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class AbortCall(Exception):
+    """Raised by the aio server's stand-in for ``context.abort`` (see server/aio.py)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
 def _is_abort(exc: Exception) -> bool:
     # context.abort() raises a bare Exception subclass private to grpc; let it pass through untouched.
-    return type(exc).__module__.startswith("grpc")
+    return isinstance(exc, AbortCall) or type(exc).__module__.startswith("grpc")
 
 
 def _abort(context: grpc.ServicerContext, error: Error, message: str) -> NoReturn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from visionsearch_client import Client, Item, VisionSearchError
 
-from server.app import SERVICE_NAMES, Running
+from server.app import SERVICE_NAMES, Running, create_server
+from server.config import Config
+from server.services import Services
 from tests.conftest import LION, ServerProcess
 
 
@@ -154,3 +157,23 @@ def test_a_taken_port_is_a_clear_error(server: Running, tmp_path: Path) -> None:
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{server.port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("mode", ["sync", "aio"])
+def test_both_server_modes_serve_and_refuse_alike(
+    base_config: Config, services: Services, tmp_path: Path, mode: str
+) -> None:
+    config = replace(base_config, data_dir=tmp_path, default_collection=False, server_mode=mode)
+    running = create_server(config, services.with_store(config))
+    try:
+        with Client(f"127.0.0.1:{running.port}", timeout=60) as c:
+            assert c.healthy()
+            c.create_collection("m", dim=2)
+            c.upsert("m", [Item("a", vector=[1, 0]), Item("b", vector=[0, 1])])
+            assert [h.id for h in c.search("m", vector=[1, 0.1], k=1)] == ["a"]
+            assert c.embed_image(LION.read_bytes()).shape == (1280,)  # runs in the pool, not on the loop
+            with pytest.raises(VisionSearchError) as info:
+                c.search("nope", vector=[1, 0], k=1)
+            assert info.value.code == grpc.StatusCode.NOT_FOUND and "nope" in info.value.details
+    finally:
+        running.stop(grace=1)
