@@ -3,9 +3,9 @@
 Callers decode and preprocess their own images (in their own threads, in parallel) and enqueue the arrays.
 Each of ``workers`` threads takes the first waiting image, then gathers more until it has ``max_batch`` or
 ``max_wait_s`` has passed since the first arrived, and runs them as one forward; the workers' forwards run
-side by side (torch releases the GIL). Which mix of batch size, workers and torch threads per forward is
-fastest depends on the CPU: ``bench/embed_throughput.py`` measures it (on the 2-core development machine, two
-workers with one torch thread each and batches of up to 4 beat one two-thread forward at any batch size).
+side by side (the forward itself runs in a worker process, see ``embedder.workers``). Which mix of batch size,
+workers and torch threads per forward is fastest depends on the CPU: ``bench/embed_throughput.py`` measures
+it (on the 2-core development machine, two one-thread worker processes taking up to 8 images each did best).
 
 Bounded: at most ``max_queue`` images wait. A submission that does not fit is refused at once
 (``QueueFull``): a growing queue only turns overload into timeouts for everyone. Work nobody waits for is

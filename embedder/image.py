@@ -151,7 +151,7 @@ class ImageEmbedder:
         threads: int,
         max_pixels: int,
         batch_size: int = 32,
-        max_batch: int = 4,
+        max_batch: int = 8,
         max_wait_s: float = 0.002,
         max_queue: int = 64,
         workers: int = 1,

@@ -46,7 +46,7 @@ class Config:
     fashion_sample: int = _setting(
         1000, "Fashion-MNIST test photos in the default collection (spread over classes)"
     )
-    embed_max_batch: int = _setting(4, "images one dynamically batched torch forward may gather")
+    embed_max_batch: int = _setting(8, "images one dynamically batched torch forward may gather")
     embed_max_wait_ms: float = _setting(
         2.0, "how long the embedding worker waits for more images after the first of a batch"
     )
