@@ -1,5 +1,6 @@
-"""A visionsearch server in a child process for benchmarks, so that the load generator and the server
-never share one interpreter's GIL (as with a real client on another machine, minus the network)."""
+"""What several benchmarks share: a visionsearch server in a child process, so that the load generator and
+the server never share one interpreter's GIL (as with a real client on another machine, minus the network),
+and the fashion-mnist-784 vectors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from embedder.datasets import fashion_mnist
+from kernels import l2_normalize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,3 +67,11 @@ class BenchServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def fashion(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmarks' fashion-mnist-784 set: the 60,000 training images as unit float32 rows (the base) and
+    the first ``n_queries`` test images the same way (the queries)."""
+    base = l2_normalize(fashion_mnist("train")[0].reshape(60000, -1).astype(np.float32))
+    test = fashion_mnist("test")[0][:n_queries]
+    return base, l2_normalize(test.reshape(len(test), -1).astype(np.float32))

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _server import fashion  # bench/ is on sys.path when a bench script runs
 
-from embedder.datasets import fashion_mnist
-from kernels import ExactIndex, l2_normalize, topk_inner_product
+from kernels import ExactIndex, topk_inner_product
 from kernels.hnsw import HNSWParams
 from kernels.tuning import build_hnsw
 from server.storage.ann import AnnManager, _Choice
@@ -41,10 +41,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
-    base = l2_normalize(fashion_mnist("train")[0].reshape(60000, -1).astype(np.float32))
-    queries = l2_normalize(
-        fashion_mnist("test")[0][: args.queries].reshape(args.queries, -1).astype(np.float32)
-    )
+    base, queries = fashion(args.queries)
     _, truth = topk_inner_product(base, queries, 10)
     storage = ExactIndex(784, capacity=len(base))
     storage.add(base)

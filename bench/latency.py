@@ -29,15 +29,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from _server import BenchServer  # bench/ is on sys.path when a bench script runs
+from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch_client import Client, Item
 from visionsearch_client.loadtest import LoadConfig, run
 from visionsearch_client.loadtest.plot import save_png, save_sweep_png
 from visionsearch_client.loadtest.sweep import sweep
-
-from embedder.datasets import fashion_mnist
-from kernels import l2_normalize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,8 +80,7 @@ def main() -> None:
     ap.add_argument("--p99-bound-ms", type=float, default=3.0)
     ap.add_argument("--no-sweep", action="store_true")
     args = ap.parse_args()
-    base = l2_normalize(fashion_mnist("train")[0].reshape(60000, -1).astype(np.float32))
-    queries = l2_normalize(fashion_mnist("test")[0][:2000].reshape(2000, -1).astype(np.float32))
+    base, queries = fashion(2000)
     RESULTS.mkdir(exist_ok=True)
     summary: dict[str, object] = {"rate": args.rate, "seconds": args.seconds, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,12 +21,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from _server import BenchServer  # bench/ is on sys.path when a bench script runs
+from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from latency import fill, floor_ms
 from visionsearch_client.loadtest import LoadConfig, run
-
-from embedder.datasets import fashion_mnist
-from kernels import l2_normalize
 
 OUT = Path(__file__).resolve().parent / "results" / "latency_profile.txt"
 
@@ -58,8 +55,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--seconds", type=float, default=10)
     args = ap.parse_args()
-    base = l2_normalize(fashion_mnist("train")[0].reshape(60000, -1).astype(np.float32))
-    queries = l2_normalize(fashion_mnist("test")[0][:2000].reshape(2000, -1).astype(np.float32))
+    base, queries = fashion(2000)
     spy = Path(sys.executable).with_name("py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         qfile, data, raw = Path(tmp) / "q.npy", Path(tmp) / "data", Path(tmp) / "spy.txt"

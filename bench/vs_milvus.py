@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _server import BenchServer  # bench/ is on sys.path when a bench script runs
+from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from hdrh.histogram import HdrHistogram
 from visionsearch_client import Client, Item
 
-from embedder.datasets import fashion_mnist
-from kernels import l2_normalize, topk_inner_product
+from kernels import topk_inner_product
 
 OUT = Path(__file__).resolve().parent / "results" / "vs_milvus.json"
 CALLERS = (1, 4, 16)
@@ -153,10 +152,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    base = l2_normalize(fashion_mnist("train")[0].reshape(60000, -1).astype(np.float32))
-    queries = l2_normalize(
-        fashion_mnist("test")[0][: args.queries].reshape(args.queries, -1).astype(np.float32)
-    )
+    base, queries = fashion(args.queries)
     _, truth = topk_inner_product(base, queries, K)
     result: dict[str, Any] = {"base": len(base), "queries": len(queries), "k": K, "cpus": os.cpu_count()}
 
