@@ -7,6 +7,7 @@ classes, taken from MobileNetV2's own classifier. A class whose name has no text
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -92,6 +93,11 @@ class JointSpace(Protocol):
     def project(self, features: np.ndarray) -> np.ndarray: ...
 
 
+# A head is named, never pathed: "head:NAME" is DATA_DIR/heads/NAME.safetensors and nothing else, so that a
+# request cannot load a file from elsewhere, nor cache one head under many spellings.
+HEAD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 class JointRegistry:
     """The joint spaces a server offers, built on first use (MiniLM takes seconds to load)."""
 
@@ -120,6 +126,8 @@ class JointRegistry:
         dims = {f"conse:{t}": d for t, d in self.TEXT_DIMS.items()}
         if self._heads_dir.is_dir():
             for path in sorted(self._heads_dir.glob("*.safetensors")):
+                if not HEAD_NAME.fullmatch(path.stem):
+                    continue
                 try:
                     dims[f"head:{path.stem}"] = read_meta(path).dim
                 except (HeadMismatch, OSError, ValueError):
@@ -146,7 +154,11 @@ class JointRegistry:
                 kind, _, arg = name.partition(":")
                 if kind == "conse" and arg in self.TEXT_DIMS:
                     self._spaces[name] = ConSE(self._images, self._text_locked(arg))
-                elif kind == "head" and arg and (self._heads_dir / f"{arg}.safetensors").is_file():
+                elif (
+                    kind == "head"
+                    and HEAD_NAME.fullmatch(arg)
+                    and (self._heads_dir / f"{arg}.safetensors").is_file()
+                ):
                     path = self._heads_dir / f"{arg}.safetensors"
                     text = self._text_locked(read_meta(path).text)
                     self._spaces[name] = HeadSpace(arg, path, text, self._images.model_name, self._images.dim)

@@ -25,15 +25,21 @@ from server.errors import AbortCall
 
 Inline = Callable[[Any], bool]  # request -> whether the call may run on the event loop
 
-# Per RPC: when it may run inline (anything not listed runs in the pool).
-INLINE: dict[str, Inline] = {
-    "Search": lambda r: r.WhichOneof("query") != "image" and not r.text.sentence,
-    "NearestWords": lambda r: True,
-    "Embed": lambda r: r.WhichOneof("input") == "word",
-    "GetCollection": lambda r: True,
-    "ListCollections": lambda r: True,
-    "Count": lambda r: True,
-}
+# An exact scan of this many multiply-adds takes about a millisecond on one core: the most a call may spend
+# on the event loop, where it holds up every other call (a 500,000-word query once stalled health for 13 s).
+INLINE_SCAN = 2_000_000
+
+
+def inline_rules(cheap_search: Callable[[Any], bool]) -> dict[str, Inline]:
+    """Per RPC: when it may run inline (anything not listed runs in the pool). ``cheap_search`` says
+    whether a Search request's index work is small (see ``Services.cheap_search``)."""
+    return {
+        "Search": lambda r: r.WhichOneof("query") != "image" and not r.text.sentence and cheap_search(r),
+        "NearestWords": lambda r: True,
+        "Embed": lambda r: r.WhichOneof("input") == "word",
+        "GetCollection": lambda r: True,
+        "Count": lambda r: True,
+    }
 
 
 class _Context:
@@ -52,14 +58,14 @@ class _Context:
         self._context.add_done_callback(lambda _ctx: callback())
 
 
-def adapt(servicer: Any, base: type, pool: futures.ThreadPoolExecutor) -> Any:
-    """An instance of the generated servicer ``base`` whose async methods call ``servicer``'s sync ones."""
+def adapt(servicer: Any, names: list[str], pool: futures.ThreadPoolExecutor, rules: dict[str, Inline]) -> Any:
+    """An object whose async methods ``names`` call ``servicer``'s sync ones, inline or in ``pool``."""
 
     def make(name: str) -> Callable[..., Any]:
         sync = getattr(servicer, name)
-        inline = INLINE.get(name, lambda r: False)
+        inline = rules.get(name, lambda r: False)
 
-        async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def method(request: Any, context: grpc.aio.ServicerContext) -> Any:
             ctx = _Context(context)
             try:
                 if inline(request):
@@ -71,9 +77,7 @@ def adapt(servicer: Any, base: type, pool: futures.ThreadPoolExecutor) -> Any:
         method.__name__ = name
         return method
 
-    names = [n for n in vars(base) if not n.startswith("_") and callable(getattr(base, n))]
-    cls = type(f"Aio{base.__name__}", (base,), {n: make(n) for n in names})
-    return cls()
+    return type(f"Aio{type(servicer).__name__}", (), {n: staticmethod(make(n)) for n in names})()
 
 
 class AioServer:

@@ -11,18 +11,25 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from visionsearch.v1 import visionsearch_pb2 as pb
-from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
-from server.aio import AioServer, adapt, add_health_and_reflection
+from server import handlers
+from server.aio import AioServer, adapt, add_health_and_reflection, inline_rules
 from server.config import Config
 from server.default_collection import ensure_default_collection
+from server.handlers import SERVICE_NAMES
 from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, TagServicer
 from server.services import Services
 
 log = logging.getLogger("visionsearch.server")
 
-SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+__all__ = ["SERVICE_NAMES", "AddressUnavailable", "Running", "create_server", "serve"]
+
+SERVICERS: dict[str, type] = {
+    "visionsearch.v1.EmbedService": EmbedServicer,
+    "visionsearch.v1.SearchService": SearchServicer,
+    "visionsearch.v1.TagService": TagServicer,
+    "visionsearch.v1.CollectionService": CollectionServicer,
+}
 
 
 class AddressUnavailable(OSError):
@@ -68,18 +75,11 @@ def create_server(config: Config, services: Services | None = None) -> Running:
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # A connection that never sends the HTTP/2 preface and settings is closed after this long, instead
+        # of holding a file descriptor and memory for ever.
+        ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout_s * 1000)),
     ]
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    adders: tuple[tuple[Any, Any, type], ...] = (
-        (pb_grpc.add_EmbedServiceServicer_to_server, EmbedServicer, pb_grpc.EmbedServiceServicer),
-        (pb_grpc.add_SearchServiceServicer_to_server, SearchServicer, pb_grpc.SearchServiceServicer),
-        (pb_grpc.add_TagServiceServicer_to_server, TagServicer, pb_grpc.TagServiceServicer),
-        (
-            pb_grpc.add_CollectionServiceServicer_to_server,
-            CollectionServicer,
-            pb_grpc.CollectionServiceServicer,
-        ),
-    )
     # Bind first: a taken port should fail in a second, not after minutes of model loading and indexing.
     server: grpc.Server | AioServer
     if config.server_mode == "aio":
@@ -105,10 +105,13 @@ def create_server(config: Config, services: Services | None = None) -> Running:
     health_servicer: health.HealthServicer | health.aio.HealthServicer
     if isinstance(server, AioServer):
         aio = server
-        for add, cls, base in adders:
+        rules = inline_rules(services.cheap_search)
+        for service, cls in SERVICERS.items():
+            rpcs = [name for name, _, _ in handlers.methods(service)]
 
-            def register(add: Any = add, cls: Any = cls, base: type = base) -> None:
-                add(adapt(cls(services), base, aio.pool), aio.server)
+            def register(service: str = service, cls: Any = cls, rpcs: list[str] = rpcs) -> None:
+                adapted = adapt(cls(services), rpcs, aio.pool, rules)
+                handlers.add_service(aio.server, service, adapted, handlers.aio_behavior)
 
             aio.run(register)
         health_servicer = aio.run(lambda: add_health_and_reflection(aio.server, names))
@@ -116,8 +119,8 @@ def create_server(config: Config, services: Services | None = None) -> Running:
         for name in ("", *SERVICE_NAMES):
             aio.call(health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING))
     else:
-        for add, cls, _ in adders:
-            add(cls(services), server)
+        for service, cls in SERVICERS.items():
+            handlers.add_service(server, service, cls(services), handlers.sync_behavior)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(names, server)

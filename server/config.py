@@ -54,6 +54,12 @@ class Config:
         64, "images that may wait for the embedding worker; beyond that calls get RESOURCE_EXHAUSTED"
     )
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls may take to finish")
+    handshake_timeout_s: float = _setting(
+        10.0, "close a connection that has not completed its TLS and HTTP/2 handshake within this time"
+    )
+    max_decoding_pixels: int = _setting(
+        0, "pixels all concurrent image decodes may hold at once (0: max_pixels, one largest image at a time)"
+    )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:

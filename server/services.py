@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +15,9 @@ from embedder.image import ImageEmbedder, embedder_names
 from embedder.joint import JointRegistry, JointSpace
 from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
+from server.aio import INLINE_SCAN
 from server.config import Config
-from server.errors import Error, fail
+from server.errors import Error, fail, quote
 from server.storage import CollectionStore
 
 log = logging.getLogger("visionsearch.services")
@@ -38,6 +40,7 @@ class Services:
         images = ImageEmbedder(
             threads=config.torch_threads,
             max_pixels=config.max_pixels,
+            decode_budget=config.max_decoding_pixels,
             max_batch=config.embed_max_batch,
             max_wait_s=config.embed_max_wait_ms / 1000,
             max_queue=config.embed_queue,
@@ -68,8 +71,22 @@ class Services:
             return self.joints.get(name)
         except KeyError:
             fail(
-                Error.BAD_REQUEST, f"joint space {name!r} is unknown; use one of {sorted(self.joints.dims())}"
+                Error.BAD_REQUEST,
+                f"joint space {quote(name)} is unknown; use one of {sorted(self.joints.dims())}",
             )
+
+    def cheap_search(self, request: Any) -> bool:
+        """Whether a Search by vector, id or words does little enough index work to run on the event loop:
+        an approximate index answers it, or an exact scan of the collection is about a millisecond."""
+        try:
+            c = self.store.get(request.collection)
+        except Exception:
+            return True  # refused at once, whichever thread answers
+        joint = request.WhichOneof("query") == "text" or request.space == 2  # SPACE_JOINT
+        if not joint and not request.exact and c.approximate():
+            return True
+        dim = c.settings.joint_dim if joint else c.settings.dim
+        return c.rows * dim <= INLINE_SCAN
 
     def vocabulary_index(self, text_name: str) -> tuple[list[str], ExactIndex]:
         """The default tagging vocabulary of a text space, indexed once."""

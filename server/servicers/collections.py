@@ -7,10 +7,13 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from embedder.image import input_size
 from kernels.hnsw import HNSW_DEFAULTS
-from server.errors import Error, fail, rpc_method
+from server.errors import Error, fail, quote, rpc_method
+from server.limits import MAX_IDS, MAX_ITEMS, check_batch_memory, check_count, check_response_size
 from server.servicers.common import call_budget
 from server.services import Services
 from server.storage import Collection, CollectionSettings
+from server.storage.collection import validate_id
+from server.storage.store import Damaged
 from server.wire import (
     INDEX_ENUMS,
     METRIC_ENUMS,
@@ -22,9 +25,8 @@ from server.wire import (
 )
 
 
-def collection_info(c: Collection) -> pb.CollectionInfo:
-    st = c.settings
-    config = pb.CollectionConfig(
+def _config(st: CollectionSettings) -> pb.CollectionConfig:
+    return pb.CollectionConfig(
         name=st.name,
         dim=st.dim,
         metric=METRIC_ENUMS[st.metric],
@@ -34,8 +36,27 @@ def collection_info(c: Collection) -> pb.CollectionInfo:
         recall_target=st.recall_target,
         hnsw=pb.HnswConfig(connectivity=st.hnsw_connectivity, expansion_add=st.hnsw_expansion_add),
     )
+
+
+def collection_info(c: Collection) -> pb.CollectionInfo:
+    st = c.settings
     return pb.CollectionInfo(
-        config=config, count=len(c), joint_dim=st.joint_dim, index_in_use=c.index_in_use()
+        config=_config(st),
+        count=len(c),
+        joint_dim=st.joint_dim,
+        index_in_use=c.index_in_use(),
+        state=pb.COLLECTION_STATE_READY,
+        state_reason="; ".join(c.notes)[:1000],
+    )
+
+
+def damaged_info(d: Damaged) -> pb.CollectionInfo:
+    config = _config(d.settings) if d.settings else pb.CollectionConfig(name=d.name)
+    return pb.CollectionInfo(
+        config=config,
+        joint_dim=d.settings.joint_dim if d.settings else 0,
+        state=pb.COLLECTION_STATE_DAMAGED,
+        state_reason=d.reason[:1000],
     )
 
 
@@ -68,8 +89,8 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             if head.input_size != input_size(cfg.embedder):
                 fail(
                     Error.PRECONDITION,
-                    f"head {cfg.joint!r} was trained on {head.input_size} px features but embedder "
-                    f"{cfg.embedder!r} embeds at {input_size(cfg.embedder)} px: "
+                    f"head {quote(cfg.joint)} was trained on {head.input_size} px features but embedder "
+                    f"{quote(cfg.embedder)} embeds at {input_size(cfg.embedder)} px: "
                     f"use embedder 'mobilenet_v2@{head.input_size}'",
                 )
         return collection_info(self.s.store.create(settings))
@@ -78,13 +99,18 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     def GetCollection(
         self, request: pb.GetCollectionRequest, context: grpc.ServicerContext
     ) -> pb.CollectionInfo:
+        damaged = self.s.store.damaged.get(request.name)
+        if damaged is not None:
+            return damaged_info(damaged)
         return collection_info(self.s.store.get(request.name))
 
     @rpc_method
     def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext
     ) -> pb.ListCollectionsResponse:
-        return pb.ListCollectionsResponse(collections=[collection_info(c) for c in self.s.store.list()])
+        infos = [collection_info(c) for c in self.s.store.list()]
+        infos += [damaged_info(d) for d in self.s.store.list_damaged()]
+        return pb.ListCollectionsResponse(collections=sorted(infos, key=lambda i: i.config.name))
 
     @rpc_method
     def DropCollection(
@@ -97,7 +123,8 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     def UpdateCollection(
         self, request: pb.UpdateCollectionRequest, context: grpc.ServicerContext
     ) -> pb.CollectionInfo:
-        c = self.s.store.update(request.name, index_name(request.index), recall_target(request.recall_target))
+        changes = {"index": index_name(request.index), "recall_target": recall_target(request.recall_target)}
+        c = self.s.store.update(request.name, changes)
         return collection_info(c)
 
     @rpc_method
@@ -105,25 +132,29 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         c = self.s.store.get(request.collection)
         if not request.items:
             fail(Error.BAD_REQUEST, "UpsertRequest has no items")
+        check_count("UpsertRequest.items", len(request.items), MAX_ITEMS, "split it into several calls")
+        check_batch_memory(len(request.items), c.settings.dim)
+        for n, item in enumerate(request.items):
+            if item.WhichOneof("data") is None:
+                fail(Error.BAD_REQUEST, f"item {n} ({quote(item.id, 40)}) has neither a vector nor an image")
+            validate_id(item.id, f"item {n}")
         vectors = np.empty((len(request.items), c.settings.dim), np.float32)
         image_slots: list[int] = []
         images: list[bytes] = []
         for n, item in enumerate(request.items):
             which = item.WhichOneof("data")
             if which == "vector":
-                v = vector_from_pb(item.vector, f"item {n} ({item.id!r}) vector")
+                v = vector_from_pb(item.vector, f"item {n} ({quote(item.id, 40)}) vector")
                 if v.shape[0] != c.settings.dim:
                     fail(
                         Error.BAD_REQUEST,
-                        f"item {n} ({item.id!r}) vector has dimension {v.shape[0]} but collection "
+                        f"item {n} ({quote(item.id, 40)}) vector has dimension {v.shape[0]} but collection "
                         f"{c.name!r} has dimension {c.settings.dim}",
                     )
                 vectors[n] = v
-            elif which == "image":
+            else:
                 image_slots.append(n)
                 images.append(item.image)
-            else:
-                fail(Error.BAD_REQUEST, f"item {n} ({item.id!r}) has neither a vector nor an image")
         if images:
             if not c.settings.embedder:
                 fail(
@@ -143,16 +174,27 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     @rpc_method
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         c = self.s.store.get(request.collection)
+        check_count("DeleteRequest.ids", len(request.ids), MAX_IDS, "split it into several calls")
         deleted = c.delete(list(request.ids))
         return pb.DeleteResponse(deleted=deleted, count=len(c))
 
     @rpc_method
     def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext) -> pb.GetItemsResponse:
         c = self.s.store.get(request.collection)
+        ids = list(request.ids)
+        check_count("GetItemsRequest.ids", len(ids), MAX_IDS, "split it into several calls")
+        present, payload_bytes = c.measure(ids)
+        check_response_size(
+            present,
+            c.settings.dim * 4 if request.with_vector else 0,
+            payload_bytes,
+            self.s.config.max_message_bytes,
+            "ask for fewer ids per call" + (", or without vectors" if request.with_vector else ""),
+        )
         resp = pb.GetItemsResponse()
-        for item_id, payload, vector in c.get(list(request.ids)):
+        for item_id, payload, vector in c.get(ids, with_vectors=request.with_vector):
             item = resp.items.add(id=item_id, payload=payload)
-            if request.with_vector:
+            if vector is not None:
                 item.vector.CopyFrom(vector_to_pb(vector))
         return resp
 

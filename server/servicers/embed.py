@@ -5,6 +5,7 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from server.errors import Error, fail, rpc_method
+from server.limits import check_word
 from server.servicers.common import call_budget
 from server.services import Services
 from server.wire import vector_to_pb
@@ -24,6 +25,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         elif which == "word":
             if not request.word.strip():
                 fail(Error.BAD_REQUEST, "word is empty")
+            check_word(request.word)
             vec = self.s.words.vector(request.word)
             model = self.s.words.model_name
         else:

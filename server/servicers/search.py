@@ -7,10 +7,12 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from embedder.errors import UnknownWord
 from embedder.image import input_size
-from server.errors import Error, fail, rpc_method
+from server.errors import Error, fail, quote, rpc_method
+from server.limits import MAX_SENTENCE_CHARS, MAX_WORDS, check_count, check_response_size, check_word
 from server.servicers.common import call_budget
 from server.services import Services
 from server.storage import Collection
+from server.storage.collection import payload_bytes
 from server.wire import MAX_EFFORT, check_k, vector_from_pb, vector_to_pb
 
 
@@ -25,6 +27,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             fail(
                 Error.BAD_REQUEST,
                 f"effort must be between 0 (the tuned setting) and {MAX_EFFORT}, got {request.effort}",
+            )
+        if request.space not in (pb.SPACE_UNSPECIFIED, pb.SPACE_IMAGE, pb.SPACE_JOINT):
+            fail(
+                Error.BAD_REQUEST,
+                f"space {request.space} is not a known Space (IMAGE or JOINT; 0 for the default)",
             )
         c = self.s.store.get(request.collection)
         which = request.WhichOneof("query")
@@ -64,6 +71,13 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         if exclude is not None:
             hits = [h for h in hits if h.id != exclude][:k]
         cosine = joint or c.settings.metric == "cosine"
+        check_response_size(
+            len(hits),
+            (c.settings.joint_dim if joint else c.settings.dim) * 4 if request.with_vector else 0,
+            sum(payload_bytes(h.payload) for h in hits) if request.with_payload else 0,
+            self.s.config.max_message_bytes,
+            "ask for a smaller k" + (", or without vectors" if request.with_vector else ""),
+        )
         resp = pb.SearchResponse(notes=notes)
         for h in hits:
             hit = resp.hits.add(id=h.id, score=h.score, distance=1.0 - h.score if cosine else -h.score)
@@ -101,19 +115,29 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         if kind == "sentence":
             if not text.sentence.strip():
                 fail(Error.BAD_REQUEST, "sentence is empty")
+            if len(text.sentence) > MAX_SENTENCE_CHARS:
+                fail(
+                    Error.BAD_REQUEST,
+                    f"sentence has {len(text.sentence):,} characters, "
+                    f"over the limit of {MAX_SENTENCE_CHARS:,}",
+                )
             try:
                 return c.prepare_joint(space.encode([text.sentence]))
             except UnknownWord:
-                fail(Error.NOT_FOUND, f"no word of the sentence {text.sentence!r} is in the vocabulary")
-        words = [w.strip() for w in text.words.words if w.strip()] if kind == "words" else []
+                fail(Error.NOT_FOUND, f"no word of the sentence {quote(text.sentence)} is in the vocabulary")
+        raw = text.words.words if kind == "words" else []
+        check_count("the word list", len(raw), MAX_WORDS, "a query of that many words means nothing")
+        words = [w.strip() for w in raw if w.strip()]
+        for w in words:
+            check_word(w)
         if not words:
             fail(Error.BAD_REQUEST, "the word list is empty: give at least one word")
         known = [w for w in words if space.known(w)]
         unknown = [w for w in words if not space.known(w)]
         if not known:
-            fail(Error.NOT_FOUND, f"none of the words {words} is in the vocabulary")
+            fail(Error.NOT_FOUND, f"none of the words {quote(', '.join(words))} is in the vocabulary")
         if unknown:
-            notes.append(f"skipped words not in the vocabulary: {', '.join(unknown)}")
+            notes.append(f"skipped words not in the vocabulary: {quote(', '.join(unknown))}")
         # The seed's recipe for several words: the normalised mean of their unit vectors.
         return c.prepare_joint(space.encode(known).mean(axis=0, keepdims=True))
 
@@ -124,6 +148,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         k = check_k(request.k, self.s.config.max_k)
         if not request.word.strip():
             fail(Error.BAD_REQUEST, "word is empty")
+        check_word(request.word)
         vec = self.s.words.vector(request.word)
         resp = pb.NearestWordsResponse()
         for word, score in self.s.nearest_words(vec, k):

@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from embedder.errors import UnknownWord
 from embedder.text import TextSpace
 from kernels import topk_inner_product
-from server.errors import Error, fail, rpc_method
+from server.errors import Error, fail, quote, rpc_method
+from server.limits import MAX_VOCABULARY, check_count, check_word
 from server.servicers.common import call_budget
 from server.services import Services
 from server.wire import check_k
 
 DEFAULT_JOINT = "conse:spacy"
-MAX_VOCABULARY = 50_000
 
 
 class TagServicer(pb_grpc.TagServiceServicer):
@@ -46,15 +49,22 @@ class TagServicer(pb_grpc.TagServiceServicer):
     def _vocabulary(self, vocabulary: list[str], text: TextSpace) -> tuple[list[str], np.ndarray] | None:
         if not vocabulary:
             return None
-        if len(vocabulary) > MAX_VOCABULARY:
-            fail(Error.BAD_REQUEST, f"vocabulary has {len(vocabulary)} words; at most {MAX_VOCABULARY}")
+        check_count("vocabulary", len(vocabulary), MAX_VOCABULARY, "send the words you want to choose from")
         words = list(dict.fromkeys(w.strip().lower() for w in vocabulary))
         if "" in words:
             fail(Error.BAD_REQUEST, "vocabulary contains an empty word")
+        for w in words:
+            check_word(w)
         unknown = [w for w in words if not text.known(w)]
         if unknown:
-            fail(
-                Error.BAD_REQUEST,
-                f"vocabulary words not in the {text.name} vocabulary: {', '.join(unknown[:20])}; remove them",
-            )
-        return words, text.encode(words)
+            self._unknown(unknown, text)
+        try:
+            return words, text.encode(words)
+        except UnknownWord as e:
+            # A word the table holds but the encoder cannot read (no letters it tokenises): same refusal.
+            self._unknown([e.word], text)
+
+    @staticmethod
+    def _unknown(unknown: list[str], text: TextSpace) -> NoReturn:
+        shown = quote(", ".join(unknown[:20]))
+        fail(Error.BAD_REQUEST, f"vocabulary words not in the {text.name} vocabulary: {shown}; remove them")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from kernels.hnsw import HNSWIndex, HNSWParams
 from kernels.lsh import MAX_PROBES, LSHParams, RandomProjectionLSH
 from kernels.topk import trim_unfilled
 from kernels.tuning import AUTO_EXACT_BELOW, build_hnsw, tune_hnsw_ef, tune_lsh
+from server.storage import snapshot
 
 log = logging.getLogger("visionsearch.index")
 
@@ -260,11 +262,12 @@ class AnnManager:
 
     # -------------------------------------------------------- persistence (under the collection lock)
 
-    def save(self, folder: Path, generation: int) -> None:
-        """Record the index in force beside snapshot ``generation``, whose row i is row i of the storage."""
+    def save(self, folder: Path, generation: int) -> dict[str, dict[str, Any]]:
+        """Write the index in force beside snapshot ``generation`` (whose row i is row i of the storage);
+        returns the manifest entries of the files written."""
         choice = self._choice
         if choice.in_use == "exact":
-            return
+            return {}
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "kind": self.kind,
@@ -273,23 +276,33 @@ class AnnManager:
             "chosen_at": self._chosen_at,
             "ef": choice.ef,
         }
+        files: dict[str, dict[str, Any]] = {}
         if choice.lsh is not None:
             state["lsh"] = asdict(choice.lsh.params)
         if choice.hnsw is not None:
             state["hnsw"] = asdict(choice.hnsw.params)
-            tmp = graph_path(folder, generation).with_suffix(".tmp")
-            choice.hnsw.save(tmp)
-            tmp.replace(graph_path(folder, generation))
-        tmp = state_path(folder, generation).with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_path(folder, generation))
-
-    def restore(self, folder: Path, generation: int, index: ExactIndex) -> bool:
-        """Take the index saved with ``generation`` if it matches this collection; False to rebuild."""
+            path = graph_path(folder, generation)
+            choice.hnsw.save(path)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            files[path.name] = snapshot.file_sum(path)
         path = state_path(folder, generation)
-        if not path.exists():
+        path.write_text(json.dumps(state))
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        files[path.name] = snapshot.file_sum(path)
+        return files
+
+    def restore(self, folder: Path, manifest: snapshot.Manifest, index: ExactIndex) -> bool:
+        """Take the index saved with the snapshot of ``manifest`` if it matches this collection and its files
+        pass their checksums; False to rebuild it from the vectors. An unchecked graph is never loaded: a
+        damaged usearch file can crash the process."""
+        generation = manifest.generation
+        path = state_path(folder, generation)
+        if manifest.legacy or path.name not in manifest.files:
             return False
         try:
+            snapshot.verify(folder, manifest, [path.name])
             state = json.loads(path.read_text())
             if state.get("version") != _STATE_VERSION or state["kind"] != self.kind:
                 return False
@@ -298,6 +311,7 @@ class AnnManager:
                 params = HNSWParams(**state["hnsw"])
                 if params != self.hnsw_params or len(index) != index.rows:
                     return False
+                snapshot.verify(folder, manifest, [graph_path(folder, generation).name])
                 hnsw = HNSWIndex(index.dim, params)
                 hnsw.load(graph_path(folder, generation))
                 if len(hnsw) != len(index):
@@ -309,6 +323,11 @@ class AnnManager:
                 choice = _Choice("lsh", reason, lsh=lsh)
             else:
                 return False
+        except snapshot.SnapshotDamaged as e:
+            log.warning(
+                "collection %s: saved index is damaged (%s); rebuilding it from the vectors", self.name, e
+            )
+            return False
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             log.warning("collection %s: saved index not usable (%s); rebuilding", self.name, e)
             return False

@@ -7,10 +7,11 @@ compaction can never pair a row number with the wrong id.
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ import numpy as np
 
 from kernels import ExactIndex, has_nonfinite, row_norms
 from kernels.hnsw import HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
-from server.errors import Error, fail
+from server.errors import Error, fail, quote
 from server.storage import snapshot
 from server.storage.ann import INDEX_KINDS, AnnManager
-from server.storage.wal import WriteAheadLog
+from server.storage.recovery import Recovered, config_bytes, recover
+from server.storage.wal import WalWriteError, WriteAheadLog
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+log = logging.getLogger("visionsearch.store")
+
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always with fullmatch: `$` would admit a trailing newline
 MAX_ID_BYTES = 256
 MAX_DIM = 65536
 METRICS = ("cosine", "inner_product")
@@ -44,15 +48,23 @@ class CollectionSettings:
     hnsw_connectivity: int = HNSW_DEFAULTS.connectivity
     hnsw_expansion_add: int = HNSW_DEFAULTS.expansion_add
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CollectionSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
     @property
     def hnsw(self) -> HNSWParams:
         return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add)
 
     def validate(self, known_embedders: dict[str, int], known_joints: dict[str, int]) -> None:
-        if not NAME_RE.match(self.name):
-            fail(Error.BAD_REQUEST, f"collection name {self.name!r} must be 1-64 characters of [A-Za-z0-9_-]")
+        if not NAME_RE.fullmatch(self.name):
+            fail(
+                Error.BAD_REQUEST,
+                f"collection name {quote(self.name)} must be 1-64 characters of [A-Za-z0-9_-]",
+            )
         if self.index not in INDEX_KINDS:
-            fail(Error.BAD_REQUEST, f"index {self.index!r} is not one of {', '.join(INDEX_KINDS)}")
+            fail(Error.BAD_REQUEST, f"index {quote(self.index)} is not one of {', '.join(INDEX_KINDS)}")
         if not 0 < self.recall_target <= 1:
             fail(Error.BAD_REQUEST, f"recall_target must be in (0, 1], got {self.recall_target}")
         lo, hi = HNSW_CONNECTIVITY_RANGE
@@ -68,11 +80,11 @@ class CollectionSettings:
                 f"hnsw expansion_add (ef_construction) must be in {lo}..{hi}, got {self.hnsw_expansion_add}",
             )
         if self.metric not in METRICS:
-            fail(Error.BAD_REQUEST, f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
+            fail(Error.BAD_REQUEST, f"metric {quote(self.metric)} is not one of {', '.join(METRICS)}")
         if self.embedder and self.embedder not in known_embedders:
             fail(
                 Error.BAD_REQUEST,
-                f"embedder {self.embedder!r} is unknown; "
+                f"embedder {quote(self.embedder)} is unknown; "
                 f"use one of {sorted(known_embedders)} or leave it empty",
             )
         if not 1 <= self.dim <= MAX_DIM:
@@ -81,7 +93,7 @@ class CollectionSettings:
             if self.joint not in known_joints:
                 fail(
                     Error.BAD_REQUEST,
-                    f"joint space {self.joint!r} is unknown; "
+                    f"joint space {quote(self.joint)} is unknown; "
                     f"use one of {sorted(known_joints)} or leave it empty",
                 )
             if not self.embedder:
@@ -113,45 +125,99 @@ class _View:
     payloads: list[dict[str, str]]
 
 
-def validate_id(item_id: str) -> None:
+def validate_id(item_id: str, where: str = "") -> None:
     if not item_id or len(item_id.encode("utf8")) > MAX_ID_BYTES:
-        fail(Error.BAD_REQUEST, f"item id {item_id[:40]!r} must be 1-{MAX_ID_BYTES} bytes of UTF-8")
+        at = f"{where}: " if where else ""
+        fail(Error.BAD_REQUEST, f"{at}item id {quote(item_id, 40)} must be 1-{MAX_ID_BYTES} bytes of UTF-8")
+
+
+def payload_bytes(payload: dict[str, Any]) -> int:
+    return sum(len(k) + len(str(v)) + 4 for k, v in payload.items())
+
+
+class SnapshotFailed(Exception):
+    """A snapshot could not be written; the generation in force and its log are untouched."""
 
 
 class Collection:
-    def __init__(self, folder: Path, settings: CollectionSettings, *, fsync: bool, snapshot_wal_bytes: int):
+    def __init__(
+        self,
+        folder: Path,
+        settings: CollectionSettings,
+        recovered: Recovered,
+        *,
+        fsync: bool,
+        snapshot_wal_bytes: int,
+    ):
         self.folder = folder
         self.settings = settings
         self._snapshot_wal_bytes = snapshot_wal_bytes
         self._fsync = fsync
         self._lock = threading.Lock()
-        self._generation = snapshot.current_generation(folder)
-        data = snapshot.load(folder, self._generation, settings.dim, settings.joint_dim)
+        self._closed = ""  # why writes are refused once the collection is closed
+        self._snapshot_retry_at = 0  # log size below which a failed snapshot is not tried again
+        self.notes = recovered.notes
+        self.last_snapshot_time = time.time()
+        data = recovered.data
         self._rows: dict[str, int] = {}
         self._view = self._build_view(data.ids, data.payloads, data.vectors, data.joint)
-        self._view.ann.restore(folder, self._generation, self._view.index)
-        for record in WriteAheadLog.replay(snapshot.wal_path(folder, self._generation)):
+        if recovered.manifest.generation:
+            self._view.ann.restore(folder, recovered.manifest, self._view.index)
+        for _, record in recovered.records:
             self._apply(record)
         self._view.ann.start(self._view.index)
-        self._wal = WriteAheadLog(snapshot.wal_path(folder, self._generation), fsync=fsync)
+        self._generation = recovered.top
+        path = snapshot.wal_path(folder, recovered.top)
+        self._wal = WriteAheadLog(path, next_seq=recovered.next_seq, end=recovered.end, fsync=fsync)
+        for note in recovered.notes:
+            log.warning("collection %s: %s", self.name, note)
+        if recovered.needs_snapshot:
+            try:
+                self._snapshot_locked()
+            except SnapshotFailed as e:
+                log.warning(
+                    "collection %s: could not write a fresh snapshot after recovery: %s", self.name, e
+                )
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
     def create(cls, folder: Path, settings: CollectionSettings, **kw: Any) -> Collection:
-        folder.mkdir(parents=True)
-        snapshot.write_atomic(folder / "config.json", json.dumps(asdict(settings)).encode())
-        return cls(folder, settings, **kw)
+        """Create the folder atomically: it appears under its name complete, or not at all."""
+        tmp = folder.with_name(f".creating-{folder.name}")
+        if tmp.exists():
+            for p in tmp.iterdir():
+                p.unlink()
+            tmp.rmdir()
+        tmp.mkdir(parents=True)
+        snapshot.write_atomic(tmp / "config.json", config_bytes(asdict(settings)))
+        snapshot.write_current(tmp, 0)
+        tmp.rename(folder)
+        snapshot.fsync_dir(folder.parent)
+        return cls.open(folder, **kw)
 
     @classmethod
     def open(cls, folder: Path, **kw: Any) -> Collection:
-        settings = CollectionSettings(**json.loads((folder / "config.json").read_text()))
-        return cls(folder, settings, **kw)
+        """Open a collection folder; raises ``CollectionDamaged`` when that would lose data."""
+        recovered = recover(folder, folder.name)
+        settings = CollectionSettings.from_dict(recovered.settings)
+        if any("config.json" in n for n in recovered.notes):
+            snapshot.write_atomic(folder / "config.json", config_bytes(asdict(settings)))
+        return cls(folder, settings, recovered, **kw)
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed", *, flush: bool = True) -> None:
+        """Snapshot (if anything changed and ``flush``) and close; later writes through this object are
+        refused with a status that says why (``reason``)."""
         with self._lock:
-            if self._wal.size:
-                self._snapshot_locked()
+            if self._closed:
+                return
+            self._closed = reason
+            if flush and self._wal.size and not self._wal.broken:
+                try:
+                    self._snapshot_locked()
+                except SnapshotFailed as e:
+                    # The log holds every acknowledged write; the next open replays it.
+                    log.warning("collection %s: no snapshot at close (%s); the log is kept", self.name, e)
             self._wal.close()
             self._view.ann.retire()
 
@@ -161,7 +227,12 @@ class Collection:
 
     def snapshot(self) -> None:
         with self._lock:
+            self._check_open()
             self._snapshot_locked()
+
+    @property
+    def wal_bytes(self) -> int:
+        return self._wal.size
 
     # ------------------------------------------------------------------ reads
 
@@ -174,6 +245,15 @@ class Collection:
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._rows
+
+    @property
+    def rows(self) -> int:
+        """Rows an exact scan reads (live and cleared)."""
+        return self._view.index.rows
+
+    def approximate(self) -> bool:
+        """Whether an approximate index answers image-space searches now."""
+        return self._view.ann.in_use != "exact"
 
     def index_in_use(self) -> str:
         view = self._view
@@ -209,20 +289,29 @@ class Collection:
     def vector_of_row(self, row: int) -> np.ndarray:
         return self._view.index.vector(row)
 
-    def get(self, ids: list[str]) -> list[tuple[str, dict[str, str], np.ndarray]]:
+    def measure(self, ids: list[str]) -> tuple[int, int]:
+        """How many of ``ids`` are present, and the bytes of their payloads (to size a response first)."""
+        with self._lock:
+            view = self._view
+            rows = [self._rows[i] for i in ids if i in self._rows]
+            return len(rows), sum(payload_bytes(view.payloads[r]) for r in rows)
+
+    def get(
+        self, ids: list[str], *, with_vectors: bool = True
+    ) -> list[tuple[str, dict[str, str], np.ndarray | None]]:
         with self._lock:
             view = self._view
             return [
-                (i, view.payloads[self._rows[i]], view.index.vector(self._rows[i]))
+                (i, view.payloads[row], view.index.vector(row) if with_vectors else None)
                 for i in ids
-                if i in self._rows
+                if (row := self._rows.get(i)) is not None
             ]
 
     def vector_of(self, item_id: str, *, joint: bool = False) -> np.ndarray:
         with self._lock:
             row = self._rows.get(item_id)
             if row is None:
-                fail(Error.NOT_FOUND, f"item {item_id!r} is not in collection {self.name!r}")
+                fail(Error.NOT_FOUND, f"item {quote(item_id)} is not in collection {self.name!r}")
             view = self._view
             if joint:
                 if view.joint is None:
@@ -256,11 +345,13 @@ class Collection:
             vectors = vectors / norms[:, None]
         return vectors
 
-    def prepare_joint(self, vectors: np.ndarray) -> np.ndarray:
+    def prepare_joint(self, vectors: np.ndarray, what: str = "joint vector") -> np.ndarray:
         """Joint-space vectors are always compared by cosine: unit rows (a zero row stays zero)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.settings.joint_dim:
             fail(Error.BAD_REQUEST, f"joint vectors must have dimension {self.settings.joint_dim}")
+        if has_nonfinite(vectors):
+            fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
 
@@ -284,21 +375,23 @@ class Collection:
         vectors = np.ascontiguousarray(vectors[keep])
         payloads = [dict(payloads[n]) for n in keep]
         with self._lock:
+            self._check_open()
             record = {"op": "upsert", "ids": ids, "vectors": vectors.tobytes(), "payloads": payloads}
             if joint is not None:
                 record["joint"] = np.ascontiguousarray(joint[keep], dtype=np.float32).tobytes()
-            self._wal.append(record)
+            self._append(record)
             self._apply(record)
             self._maybe_snapshot()
         return len(ids)
 
     def delete(self, ids: list[str]) -> int:
         with self._lock:
+            self._check_open()
             present = [i for i in dict.fromkeys(ids) if i in self._rows]
             if not present:
                 return 0
             record = {"op": "delete", "ids": present}
-            self._wal.append(record)
+            self._append(record)
             self._apply(record)
             self._maybe_snapshot()
             return len(present)
@@ -355,26 +448,87 @@ class Collection:
         if view.joint is not None:
             view.joint.remove(arr)
 
+    def _append(self, record: dict[str, Any]) -> None:
+        try:
+            self._wal.append(record)
+        except WalWriteError as e:
+            log.error("collection %s: %s (write refused)", self.name, e)
+            if e.disk_full:
+                fail(
+                    Error.DISK_FULL,
+                    f"collection {self.name!r}: the disk is full; the write was not applied: "
+                    "free space in the data folder and retry",
+                )
+            fail(
+                Error.UNAVAILABLE,
+                f"collection {self.name!r}: the disk failed ({e}); the write was not applied: retry later",
+            )
+
+    def _check_open(self) -> None:
+        if self._closed == "dropped":
+            fail(Error.NOT_FOUND, f"collection {self.name!r} was dropped while this call waited")
+        if self._closed:
+            fail(
+                Error.ABORTED, f"collection {self.name!r} was {self._closed} while this call waited: retry it"
+            )
+
     def _maybe_snapshot(self) -> None:
-        if self._wal.size > self._snapshot_wal_bytes:
-            self._snapshot_locked()
+        size = self._wal.size
+        if size > self._snapshot_wal_bytes and size >= self._snapshot_retry_at:
+            try:
+                self._snapshot_locked()
+            except SnapshotFailed as e:
+                # The write that brought us here is durable in the log: it still succeeds. Try again once the
+                # log has grown by another quarter of the threshold.
+                self._snapshot_retry_at = size + self._snapshot_wal_bytes // 4
+                log.warning("collection %s: snapshot failed (%s); writes go on into the log", self.name, e)
 
     def _snapshot_locked(self) -> None:
+        """Write generation g+1 and put it in force; on failure generation g and its log stay in force."""
         view = self._view
         live = view.index.live_rows()
         ids = [view.row_ids[r] for r in live]
         payloads = [view.payloads[r] for r in live]
         vectors = np.ascontiguousarray(view.index.vectors(live))
         joint = np.ascontiguousarray(view.joint.vectors(live)) if view.joint is not None else None
-        generation = self._generation + 1
-        self._wal.close()
-        snapshot.write(self.folder, generation, snapshot.SnapshotData(ids, payloads, vectors, joint))
-        self._generation = generation
-        self._wal = WriteAheadLog(snapshot.wal_path(self.folder, generation), fsync=self._fsync)
-        # The snapshot holds live rows only; serving from the same compact layout drops cleared rows. With
-        # none cleared the rows are already compact, and the approximate index stays as it is.
+        # The snapshot holds live rows only; serving from the same compact layout drops cleared rows, and the
+        # saved graph must be keyed by snapshot rows. With none cleared the rows are already compact.
         if len(live) < view.index.rows:
             compact = self._build_view(ids, payloads, vectors, joint)
             compact.ann.adopt(view.ann, live, compact.index)
             self._view = compact
-        self._view.ann.save(self.folder, generation)
+        generation = self._generation + 1
+        new_wal: WriteAheadLog | None = None
+        try:
+            files = snapshot.write_data(
+                self.folder, generation, snapshot.SnapshotData(ids, payloads, vectors, joint)
+            )
+            files |= self._view.ann.save(self.folder, generation)
+            new_wal = WriteAheadLog(
+                snapshot.wal_path(self.folder, generation),
+                next_seq=self._wal.next_seq,
+                end=None,
+                fsync=self._fsync,
+            )
+            manifest = snapshot.Manifest(
+                generation, self._wal.next_seq - 1, len(ids), asdict(self.settings), files
+            )
+            snapshot.commit(self.folder, manifest)
+        except Exception as e:
+            if new_wal is not None:
+                new_wal.close()
+            try:
+                snapshot.wal_path(self.folder, generation).unlink(missing_ok=True)
+                snapshot.remove_generation_files(self.folder, generation)
+            except OSError:
+                pass  # left for the next snapshot of this generation to overwrite
+            raise SnapshotFailed(f"{type(e).__name__}: {str(e)[:200]}") from e
+        old, self._wal, self._generation = self._wal, new_wal, generation
+        self._snapshot_retry_at = 0
+        self.last_snapshot_time = time.time()
+        try:
+            old.close()
+            # Keep the previous generation and its log: they replace this one if it is found damaged.
+            snapshot.remove_older_than(self.folder, generation - 1)
+        except OSError as e:
+            log.warning("collection %s: could not tidy older generations: %s", self.name, e)

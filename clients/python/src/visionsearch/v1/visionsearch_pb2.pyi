@@ -9,13 +9,25 @@ Four services share these messages:
   TagService        image -> words of a vocabulary, through a joint image-word space
   CollectionService create, fill, read and drop collections of vectors with payloads
 
-Errors are gRPC status codes with a message that says what to fix:
-  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range)
-  NOT_FOUND          unknown collection, item id or word (the message names it)
-  ALREADY_EXISTS     creating a collection that exists
-  RESOURCE_EXHAUSTED a message over the server's size limit
+Errors are gRPC status codes with a message that says what to fix (a message quotes at most about 100
+characters of any input):
+  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range,
+                     a request over a count limit, bytes that are not a valid message of the method's type)
+  NOT_FOUND          unknown collection, item id or word (the message names it); a collection dropped
+                     while the call waited
+  ALREADY_EXISTS     creating a collection that exists (or exists but is damaged)
+  RESOURCE_EXHAUSTED a message over the server's size limit, a response that would be; the server's disk
+                     is full (the write was not applied); the embedding queue is full
   FAILED_PRECONDITION the collection cannot answer this kind of query (no image embedder, no joint space)
+  ABORTED            the collection was reconfigured (UpdateCollection) while the call waited: retry
+  UNAVAILABLE        the disk failed on a write (the write was not applied): retry later
+  DATA_LOSS          the collection was found damaged at start and is not served (CollectionInfo.state)
   UNIMPLEMENTED      a service or option this server does not offer yet
+
+Request limits (INVALID_ARGUMENT beyond them): 10,000 ids per GetItems or Delete, 10,000 items per Upsert
+and at most 256 MiB of their vectors (items x dim x 4 bytes), 256 words per text query, 2,000 characters
+per sentence, 100 characters per word, 50,000 words per Tag vocabulary, images of at most the server's
+pixel limit (40 M by default) and an aspect ratio of at most 100:1.
 """
 
 from collections import abc as _abc
@@ -114,6 +126,36 @@ SPACE_IMAGE: Space.ValueType  # 1
 SPACE_JOINT: Space.ValueType  # 2
 """The joint image-word space: semantic similarity (needs a collection with `joint` set)."""
 Global___Space: _TypeAlias = Space  # noqa: Y015
+
+class _CollectionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CollectionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CollectionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COLLECTION_STATE_UNSPECIFIED: _CollectionState.ValueType  # 0
+    COLLECTION_STATE_READY: _CollectionState.ValueType  # 1
+    """Opened and serving."""
+    COLLECTION_STATE_DAMAGED: _CollectionState.ValueType  # 2
+    """Found damaged when the server started (e.g. a corrupt log record with intact records after it, or a
+    snapshot that fails its checksums with no sound earlier generation): not served, so that nothing is
+    lost or served wrong. Every call on it answers DATA_LOSS; `state_reason` names the file, the offset
+    and the fix (`visionsearch-admin check` / `repair`, offline). It can be dropped.
+    """
+
+class CollectionState(_CollectionState, metaclass=_CollectionStateEnumTypeWrapper):
+    """Whether a collection is served."""
+
+COLLECTION_STATE_UNSPECIFIED: CollectionState.ValueType  # 0
+COLLECTION_STATE_READY: CollectionState.ValueType  # 1
+"""Opened and serving."""
+COLLECTION_STATE_DAMAGED: CollectionState.ValueType  # 2
+"""Found damaged when the server started (e.g. a corrupt log record with intact records after it, or a
+snapshot that fails its checksums with no sound earlier generation): not served, so that nothing is
+lost or served wrong. Every call on it answers DATA_LOSS; `state_reason` names the file, the offset
+and the fix (`visionsearch-admin check` / `repair`, offline). It can be dropped.
+"""
+Global___CollectionState: _TypeAlias = CollectionState  # noqa: Y015
 
 @_typing.final
 class Vector(_message.Message):
@@ -633,13 +675,22 @@ class CollectionInfo(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     JOINT_DIM_FIELD_NUMBER: _builtins.int
     INDEX_IN_USE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     joint_dim: _builtins.int
     """Width of the joint space, 0 without one."""
     index_in_use: _builtins.str
     """The index answering image-space searches now (for INDEX_AUTO, what it chose) and its parameters."""
+    state: Global___CollectionState.ValueType
+    state_reason: _builtins.str
+    """Why a collection is damaged; for a ready one, what was repaired when it was opened, if anything (e.g.
+    "snapshot 7: vectors-7.npy fails its checksum: replaced by snapshot 6 and the logs after it").
+    """
     @_builtins.property
-    def config(self) -> Global___CollectionConfig: ...
+    def config(self) -> Global___CollectionConfig:
+        """For a damaged collection, what its config.json still says (name at least)."""
+
     def __init__(
         self,
         *,
@@ -647,10 +698,12 @@ class CollectionInfo(_message.Message):
         count: _builtins.int = ...,
         joint_dim: _builtins.int = ...,
         index_in_use: _builtins.str = ...,
+        state: Global___CollectionState.ValueType = ...,
+        state_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "index_in_use", b"index_in_use", "joint_dim", b"joint_dim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "index_in_use", b"index_in_use", "joint_dim", b"joint_dim", "state", b"state", "state_reason", b"state_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -828,7 +881,9 @@ class UpsertRequest(_message.Message):
     collection: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
-        """Applied all-or-nothing: one bad item refuses the whole request. Durable when the call returns."""
+        """Applied all-or-nothing: one bad item refuses the whole request. Durable when the call returns.
+        At most 10,000 items and 256 MiB of vectors (items x dim x 4 bytes).
+        """
 
     def __init__(
         self,
@@ -874,7 +929,9 @@ class DeleteRequest(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     @_builtins.property
-    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 10,000."""
+
     def __init__(
         self,
         *,
@@ -922,7 +979,11 @@ class GetItemsRequest(_message.Message):
     collection: _builtins.str
     with_vector: _builtins.bool
     @_builtins.property
-    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 10,000. A response that would exceed the server's message limit is refused with
+        RESOURCE_EXHAUSTED before it is built: ask for fewer ids, or without vectors.
+        """
+
     def __init__(
         self,
         *,

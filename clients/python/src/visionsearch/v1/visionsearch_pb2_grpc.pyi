@@ -9,13 +9,25 @@ Four services share these messages:
   TagService        image -> words of a vocabulary, through a joint image-word space
   CollectionService create, fill, read and drop collections of vectors with payloads
 
-Errors are gRPC status codes with a message that says what to fix:
-  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range)
-  NOT_FOUND          unknown collection, item id or word (the message names it)
-  ALREADY_EXISTS     creating a collection that exists
-  RESOURCE_EXHAUSTED a message over the server's size limit
+Errors are gRPC status codes with a message that says what to fix (a message quotes at most about 100
+characters of any input):
+  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range,
+                     a request over a count limit, bytes that are not a valid message of the method's type)
+  NOT_FOUND          unknown collection, item id or word (the message names it); a collection dropped
+                     while the call waited
+  ALREADY_EXISTS     creating a collection that exists (or exists but is damaged)
+  RESOURCE_EXHAUSTED a message over the server's size limit, a response that would be; the server's disk
+                     is full (the write was not applied); the embedding queue is full
   FAILED_PRECONDITION the collection cannot answer this kind of query (no image embedder, no joint space)
+  ABORTED            the collection was reconfigured (UpdateCollection) while the call waited: retry
+  UNAVAILABLE        the disk failed on a write (the write was not applied): retry later
+  DATA_LOSS          the collection was found damaged at start and is not served (CollectionInfo.state)
   UNIMPLEMENTED      a service or option this server does not offer yet
+
+Request limits (INVALID_ARGUMENT beyond them): 10,000 ids per GetItems or Delete, 10,000 items per Upsert
+and at most 256 MiB of their vectors (items x dim x 4 bytes), 256 words per text query, 2,000 characters
+per sentence, 100 characters per word, 50,000 words per Tag vocabulary, images of at most the server's
+pixel limit (40 M by default) and an aspect ratio of at most 100:1.
 """
 
 from collections import abc as _abc
