@@ -167,6 +167,12 @@ class Collection:
             self._apply(record)
         self._view.ann.start(self._view.index)
         self._generation = recovered.top
+        # After a fallback the generation loaded is the sound one: keep it (and its logs) until a fresh
+        # snapshot has been written and superseded in turn; move the damaged ones aside.
+        self._keep_from: int | None = recovered.manifest.generation if recovered.damaged else None
+        if recovered.damaged:
+            moved = snapshot.quarantine(folder, recovered.damaged)
+            log.warning("collection %s: damaged snapshot files moved to %s", self.name, moved)
         path = snapshot.wal_path(folder, recovered.top)
         self._wal = WriteAheadLog(path, next_seq=recovered.next_seq, end=recovered.end, fsync=fsync)
         for note in recovered.notes:
@@ -191,7 +197,8 @@ class Collection:
             tmp.rmdir()
         tmp.mkdir(parents=True)
         snapshot.write_atomic(tmp / "config.json", config_bytes(asdict(settings)))
-        snapshot.write_current(tmp, 0)
+        # Generation 0's manifest holds no files, only a copy of the settings should config.json be lost.
+        snapshot.commit(tmp, snapshot.Manifest(0, 0, 0, asdict(settings)))
         tmp.rename(folder)
         snapshot.fsync_dir(folder.parent)
         return cls.open(folder, **kw)
@@ -461,7 +468,7 @@ class Collection:
                 )
             fail(
                 Error.UNAVAILABLE,
-                f"collection {self.name!r}: the disk failed ({e}); the write was not applied: retry later",
+                f"collection {self.name!r}: {e}; the write was not applied: retry later",
             )
 
     def _check_open(self) -> None:
@@ -529,6 +536,8 @@ class Collection:
         try:
             old.close()
             # Keep the previous generation and its log: they replace this one if it is found damaged.
-            snapshot.remove_older_than(self.folder, generation - 1)
+            keep = generation - 1 if self._keep_from is None else self._keep_from
+            self._keep_from = None
+            snapshot.remove_older_than(self.folder, keep)
         except OSError as e:
             log.warning("collection %s: could not tidy older generations: %s", self.name, e)

@@ -44,6 +44,7 @@ class Recovered:
     next_seq: int
     notes: list[str] = field(default_factory=list)
     needs_snapshot: bool = False  # fell back or read an earlier version's files: write a fresh generation
+    damaged: list[int] = field(default_factory=list)  # snapshot generations found damaged and passed over
 
 
 # ------------------------------------------------------------------ config.json
@@ -77,9 +78,9 @@ def read_config(folder: Path) -> tuple[dict[str, Any] | None, str]:
 # ------------------------------------------------------------------ open
 
 
-def recover(folder: Path, name: str, dims: tuple[int, int] | None = None) -> Recovered:
-    """Read a collection folder. ``dims`` (dim, joint_dim) is only needed when the settings are unknown to
-    the caller; normally they come from ``config.json`` or, if it is damaged, from a manifest."""
+def recover(folder: Path, name: str, *, dry_run: bool = False) -> Recovered:
+    """Read a collection folder. With ``dry_run`` nothing is written (an earlier version's log is not
+    rewritten in the current format)."""
     notes: list[str] = []
     settings, config_problem = read_config(folder)
     gens = snapshot.generations(folder)
@@ -97,13 +98,16 @@ def recover(folder: Path, name: str, dims: tuple[int, int] | None = None) -> Rec
                 notes.append(f"{current_problem}: using the log of generation {current}")
     logs_top = max([g for g, kinds in gens.items() if "wal" in kinds] + [current])
 
+    legacy = not any("manifest" in kinds for kinds in gens.values())
+    fallback_failures: list[str] = []
     first_failure = ""
+    damaged: list[int] = []
     tried = sorted({g for g in gens if g <= current} | {current}, reverse=True)
     for g in tried:
         if g == 0 and current != 0 and "wal" not in gens.get(0, set()):
             break  # generation 0 has no snapshot: without its log it holds nothing to fall back on
         try:
-            manifest = snapshot.read_manifest(folder, g)
+            manifest = snapshot.read_manifest(folder, g, legacy=legacy)
             if settings is None and not manifest.legacy and manifest.settings:
                 settings = manifest.settings
                 notes.append(f"{config_problem}: settings restored from manifest-{g}.json")
@@ -113,10 +117,11 @@ def recover(folder: Path, name: str, dims: tuple[int, int] | None = None) -> Rec
                 raise CollectionDamaged(
                     name, f"{config_problem} and no manifest holds the settings; {REPAIR_HINT}"
                 )
-            dim, joint_dim = dims or (int(settings["dim"]), int(settings.get("joint_dim", 0)))
+            dim, joint_dim = int(settings["dim"]), int(settings.get("joint_dim", 0))
             data = snapshot.load(folder, manifest, dim, joint_dim)
         except SnapshotDamaged as e:
             first_failure = first_failure or str(e)
+            damaged.append(g)
             log.warning("collection %s: %s; trying the generation before it", name, e)
             continue
         if manifest.count >= 0 and manifest.count != len(data.ids):
@@ -124,7 +129,15 @@ def recover(folder: Path, name: str, dims: tuple[int, int] | None = None) -> Rec
                 first_failure or f"snapshot {g} holds {len(data.ids)} items, its manifest {manifest.count}"
             )
             continue
-        records, end, next_seq, log_notes, upgraded = _replay_chain(folder, name, g, logs_top, manifest)
+        try:
+            records, end, next_seq, log_notes, upgraded = _replay_chain(
+                folder, name, g, logs_top, manifest, dry_run
+            )
+        except CollectionDamaged as e:
+            if g == current:
+                raise  # the snapshot is sound, a log after it is not: no other generation helps
+            fallback_failures.append(f"generation {g}: {e.reason.removesuffix('; ' + REPAIR_HINT)}")
+            continue
         notes.extend(log_notes)
         if g != current:
             notes.append(f"{first_failure}: replaced by snapshot {g} and the logs after it")
@@ -136,18 +149,21 @@ def recover(folder: Path, name: str, dims: tuple[int, int] | None = None) -> Rec
             )
         return Recovered(
             settings, manifest, data, records, logs_top, end, next_seq, notes,
-            needs_snapshot=g != current or manifest.legacy or upgraded or bool(config_problem),
+            needs_snapshot=g != current or manifest.legacy or upgraded or bool(config_problem) or bool(notes),
+            damaged=damaged,
         )  # fmt: skip
     if settings is None:
         raise CollectionDamaged(name, f"{config_problem} and no manifest holds the settings; {REPAIR_HINT}")
     raise CollectionDamaged(
         name,
-        f"{first_failure or 'no snapshot found'}, and no earlier generation can replace it; {REPAIR_HINT}",
+        f"{first_failure or 'no snapshot found'}, and no earlier generation can replace it"
+        + (f" ({'; '.join(fallback_failures)})" if fallback_failures else "")
+        + f"; {REPAIR_HINT}",
     )
 
 
 def _replay_chain(
-    folder: Path, name: str, start: int, top: int, manifest: Manifest
+    folder: Path, name: str, start: int, top: int, manifest: Manifest, dry_run: bool
 ) -> tuple[list[tuple[int, dict[str, Any]]], int | None, int, list[str], bool]:
     """Replay ``wal-start`` .. ``wal-top``, checking that their sequence numbers follow the snapshot's."""
     records: list[tuple[int, dict[str, Any]]] = []
@@ -182,7 +198,7 @@ def _replay_chain(
         expect += len(r.records)
         if g == top:
             end = r.end if r.records and not r.legacy else None  # an empty log is recreated as new
-            if r.legacy and r.records:
+            if r.legacy and r.records and not dry_run:
                 _rewrite_legacy(path, r)
                 end = path.stat().st_size
         elif r.torn_bytes:

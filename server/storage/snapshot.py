@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -231,22 +232,24 @@ def generations(folder: Path) -> dict[int, set[str]]:
     return found
 
 
-def read_manifest(folder: Path, generation: int) -> Manifest:
-    """The manifest of ``generation``; one synthesised, unchecked, for a snapshot of an earlier version."""
+def read_manifest(folder: Path, generation: int, *, legacy: bool = False) -> Manifest:
+    """The manifest of ``generation``; with ``legacy`` (a folder of an earlier version, which has no
+    manifests at all), one synthesised, unchecked, for its snapshot files."""
     path = manifest_path(folder, generation)
-    if generation == 0:
-        return Manifest(0, 0, 0, {})
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        if (folder / f"vectors-{generation}.npy").exists() and (
-            folder / f"items-{generation}.msgpack"
-        ).exists():
+        if generation == 0:
+            return Manifest(0, 0, 0, {})  # written by an earlier version: generation 0 has no files
+        files = (folder / f"vectors-{generation}.npy", folder / f"items-{generation}.msgpack")
+        if legacy and all(p.exists() for p in files):
             return Manifest(generation, 0, -1, {}, legacy=True)
         raise SnapshotDamaged(folder, generation, f"{path.name} is missing") from None
     try:
         return Manifest.from_json(raw)
     except (ValueError, KeyError, TypeError) as e:
+        if generation == 0:
+            return Manifest(0, 0, 0, {})  # holds nothing but a copy of the settings
         raise SnapshotDamaged(folder, generation, f"{path.name} is damaged ({e})") from None
 
 
@@ -313,6 +316,20 @@ def remove_generation_files(folder: Path, generation: int) -> None:
         m = _GENERATION_FILE.match(p.name.removesuffix(".tmp"))
         if m and int(m.group(2)) == generation and m.group(1) != "wal":
             p.unlink(missing_ok=True)
+
+
+def quarantine(folder: Path, damaged: Iterable[int]) -> Path:
+    """Move the snapshot files (not the logs) of ``damaged`` generations to ``quarantine/<time>/``, kept for
+    a post-mortem but out of the way of recovery."""
+    target = folder / "quarantine" / time.strftime("%Y%m%dT%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    bad = set(damaged)
+    for p in folder.iterdir():
+        m = _GENERATION_FILE.match(p.name)
+        if m and int(m.group(2)) in bad and m.group(1) != "wal":
+            os.replace(p, target / p.name)
+    fsync_dir(folder)
+    return target
 
 
 def remove_older_than(folder: Path, generation: int) -> None:

@@ -172,6 +172,45 @@ def _resyncs_v1(data: memoryview, start: int) -> bool:
     return False
 
 
+def salvage(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """Every intact record of a damaged format-2 log, in order, skipping damaged stretches: ((seq, record)
+    pairs, what was skipped). For offline repair only: a skipped record is lost."""
+    data = memoryview(path.read_bytes())
+    if not bytes(data[: len(MAGIC)]) == MAGIC:
+        raise ValueError(f"{path.name} is not a format-2 log")
+    first = _FILE_HEADER.unpack_from(data, 0)[1] if len(data) >= _FILE_HEADER.size else 1
+    records: list[tuple[int, dict[str, Any]]] = []
+    skipped: list[str] = []
+    pos, bad_from = _FILE_HEADER.size, -1
+    while pos + _FRAME.size <= len(data):
+        length, body_crc, seq, head_crc = _FRAME.unpack_from(data, pos)
+        start = pos + _FRAME.size
+        ok = zlib.crc32(data[pos : pos + 16]) == head_crc and start + length <= len(data)
+        if ok and zlib.crc32(data[start : start + length]) == body_crc:
+            try:
+                record = msgpack.unpackb(data[start : start + length], raw=False)
+            except Exception:
+                ok = False
+            else:
+                if bad_from >= 0:
+                    skipped.append(f"bytes {bad_from:,}-{pos:,}")
+                    bad_from = -1
+                records.append((seq, record))
+                pos = start + length
+                continue
+        if bad_from < 0:
+            bad_from = pos
+        pos += 1
+    if bad_from >= 0 or pos < len(data):
+        skipped.append(f"bytes {bad_from if bad_from >= 0 else pos:,}-{len(data):,} (the tail)")
+    seqs = [s for s, _ in records]
+    expected = set(range(first, (max(seqs) + 1) if seqs else first))
+    lost = sorted(expected - set(seqs))
+    if lost:
+        skipped.append(f"records {', '.join(map(str, lost[:20]))}{' ...' if len(lost) > 20 else ''} are lost")
+    return records, skipped
+
+
 def encode(seq: int, record: dict[str, Any]) -> bytes:
     body = msgpack.packb(record, use_bin_type=True)
     head = struct.pack("<IIQ", len(body), zlib.crc32(body), seq)
