@@ -75,9 +75,10 @@ class FaultFS:
         subprocess.run(["fusermount", "-u", "-z", str(self.mount)], check=False, capture_output=True)
         if self._proc is not None:
             try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
+                self._proc.wait(1)
+            except subprocess.TimeoutExpired:  # files still open through the lazy unmount
                 self._proc.kill()
+                self._proc.wait()
 
     def fail(self, op: str, pattern: str, err: int, *, times: int = -1) -> None:
         """Make ``op`` (write, fsync, create, rename, truncate, mkdir, unlink, open) fail with ``err`` on
@@ -136,7 +137,16 @@ def _serve(backing: str, mount: str, rules_path: str) -> None:
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
             st = os.lstat(self._p(path))
-            keys = ("st_atime_ns", "st_ctime_ns", "st_mtime_ns", "st_gid", "st_mode", "st_nlink", "st_size", "st_uid")
+            keys = (
+                "st_atime_ns",
+                "st_ctime_ns",
+                "st_mtime_ns",
+                "st_gid",
+                "st_mode",
+                "st_nlink",
+                "st_size",
+                "st_uid",
+            )
             out = {k.replace("_ns", ""): getattr(st, k) for k in keys}
             return out
 

@@ -154,8 +154,12 @@ DAMAGE = {
     "flip a bit in the vectors": lambda f: _flip(f / "vectors-2.npy", 200),
     "flip a bit in the joint vectors": lambda f: _flip(f / "joint-2.npy", 150),
     "flip a byte in the items": lambda f: _flip(f / "items-2.msgpack", 30, 0xFF),
-    "truncate the vectors": lambda f: (f / "vectors-2.npy").write_bytes((f / "vectors-2.npy").read_bytes()[:300]),
-    "truncate the items": lambda f: (f / "items-2.msgpack").write_bytes((f / "items-2.msgpack").read_bytes()[:40]),
+    "truncate the vectors": lambda f: (f / "vectors-2.npy").write_bytes(
+        (f / "vectors-2.npy").read_bytes()[:300]
+    ),
+    "truncate the items": lambda f: (f / "items-2.msgpack").write_bytes(
+        (f / "items-2.msgpack").read_bytes()[:40]
+    ),
     "delete the vectors": lambda f: (f / "vectors-2.npy").unlink(),
     "flip a byte in the manifest": lambda f: _flip(f / "manifest-2.json", 40),
     "delete the manifest": lambda f: (f / "manifest-2.json").unlink(),
@@ -206,7 +210,7 @@ def test_both_generations_damaged_is_refused_and_repair_keeps_the_intact_rows(tm
     assert 0 < lost_rows <= 520  # the rows of one damaged 1 MiB block, and no more
     kept = [i for i, _, _ in again.get([f"i{n}" for n in range(1500)])]
     assert "i600" not in kept and "i1400" in kept
-    for item_id, _, vec in again.get(kept[:: 50]):
+    for item_id, _, vec in again.get(kept[::50]):
         np.testing.assert_array_equal(vec, x[int(item_id[1:])])
 
 
@@ -234,7 +238,9 @@ hits = c.search(c.prepare_vectors(q), 10)
 assert all(len(h) == 10 for h in hits)
 print("ok", c.index_in_use())
 """
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok hnsw")
     assert "saved index is damaged" in out.stderr and "hnsw-" in out.stderr
@@ -307,7 +313,11 @@ def test_admin_cli_checks_and_repairs(tmp_path: Path) -> None:
 
     out = admin("check", str(tmp_path))
     assert out.returncode == 1
-    assert "c: damaged" in out.stdout and "wal-0.log: record 1 at byte 16" in out.stdout and "d: ok" in out.stdout
+    assert (
+        "c: damaged" in out.stdout
+        and "wal-0.log: record 1 at byte 16" in out.stdout
+        and "d: ok" in out.stdout
+    )
     out = admin("repair", str(tmp_path), "--collection", "c")
     assert out.returncode == 0 and "c: now ok" in out.stdout, out.stdout + out.stderr
     assert admin("check", str(tmp_path)).returncode == 0

@@ -17,8 +17,8 @@ Replay tells a torn tail from corruption, because only one of them may be cut:
   repair it offline.
 
 An append that fails (ENOSPC, EIO, ...) rolls the file back to the end of the last good frame before it
-raises, so later appends land on a sound log. If the rollback itself fails the log refuses further appends
-until the collection is reopened (``broken``).
+raises, so later appends land on a sound log. If the rollback itself fails the log is ``broken``: each
+later append first retries the rollback, and is refused until it succeeds.
 
 Format 1 (no header, ``<u32 length><u32 crc32><body>`` frames) is still read, by the same rules, so data
 folders written by earlier versions open; they are rewritten in format 2 by the next snapshot.
@@ -259,7 +259,7 @@ class WriteAheadLog:
     def append(self, record: dict[str, Any]) -> int:
         """Write one record durably (with fsync on) and return its sequence number."""
         if self.broken:
-            raise WalWriteError(self.path, OSError(errno.EIO, self.broken), broken=True)
+            self._heal()
         frame = encode(self.next_seq, record)
         try:
             self._write_all(frame, self._end)
@@ -269,6 +269,15 @@ class WriteAheadLog:
         self._end += len(frame)
         self.next_seq += 1
         return self.next_seq - 1
+
+    def _heal(self) -> None:
+        """Retry the rollback that failed: once the disk answers again, the log is sound from ``_end``."""
+        try:
+            os.ftruncate(self._fd, self._end)
+            os.fsync(self._fd)
+        except OSError as e:
+            raise WalWriteError(self.path, e, broken=True) from e
+        self.broken = None
 
     def _write_all(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
