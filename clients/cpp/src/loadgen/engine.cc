@@ -175,7 +175,8 @@ class Engine {
         Record r{};
         r.scheduled_ns = call->scheduled - window_start_;
         r.latency_ns = done - call->scheduled;
-        r.lag_ns = std::max<int64_t>(call->sent - call->scheduled, 0);
+        // A closed loop has no schedule: its calls start when they can, so it has no lag to report.
+        r.lag_ns = options_.closed ? 0 : std::max<int64_t>(call->sent - call->scheduled, 0);
         r.kind = call->kind;
         r.status = static_cast<uint8_t>(call->status.error_code());
         records_.push_back(r);
