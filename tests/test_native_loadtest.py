@@ -188,21 +188,28 @@ def stalling_server(workers: int, handler: Callable[[], None]) -> tuple[grpc.Ser
     return server, f"127.0.0.1:{port}"
 
 
-def replay(loadgen: Path, addr: str, n: int, rate: float, max_in_flight: int) -> Any:
-    """n searches at ``rate``/s from the native engine; returns their samples, ordered by schedule."""
+def replay(loadgen: Path, addr: str, rate: float, duration_s: float, **options: Any) -> Any:
+    """Searches at ``rate``/s for ``duration_s`` from the native engine, all of which must succeed; returns
+    their scheduled times, latencies and lags, ordered by schedule."""
     engine = NativeEngine(loadgen)
     try:
         engine.load([Planned(KINDS.index("search_vector"), METHODS["search_vector"], b"\x08\x01")])
-        config = LoadConfig(address=addr, mode="open", rate=rate, duration_s=(n - 0.5) / rate, warmup_s=0,
-                            max_in_flight=max_in_flight, timeout_s=30)  # fmt: skip
+        config = LoadConfig(address=addr, mode="open", rate=rate, duration_s=duration_s, warmup_s=0,
+                            timeout_s=30, **options)  # fmt: skip
         recorder, summary = engine.run_blocking(config)
     finally:
         engine.close()
     s = recorder.samples()
-    assert len(s.latency_s) == n == summary["sent"] and s.ok.all()
+    assert len(s.latency_s) == summary["sent"] and s.ok.all()
     order = np.argsort(s.scheduled_s)
-    np.testing.assert_allclose(s.scheduled_s[order], np.arange(n) / rate, atol=1e-6)
-    return s.latency_s[order], s.lag_s[order]
+    return s.scheduled_s[order], s.latency_s[order], s.lag_s[order]
+
+
+def replay_uniform(loadgen: Path, addr: str, n: int, rate: float, max_in_flight: int) -> Any:
+    """n requests at ``rate``/s, checked to be scheduled every 1/rate s; returns latencies and lags."""
+    scheduled, latency, lag = replay(loadgen, addr, rate, (n - 0.5) / rate, max_in_flight=max_in_flight)
+    np.testing.assert_allclose(scheduled, np.arange(n) / rate, atol=1e-6)
+    return latency, lag
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 1000])
@@ -216,7 +223,7 @@ def test_native_measures_from_the_scheduled_time(loadgen: Path, max_in_flight: i
     service_s, n = 0.05, 10
     server, addr = stalling_server(1, lambda: threading.Event().wait(service_s))
     try:
-        latency, lag = replay(loadgen, addr, n, 100, max_in_flight)
+        latency, lag = replay_uniform(loadgen, addr, n, 100, max_in_flight)
     finally:
         server.stop(0).wait()
     eps = 0.002
@@ -236,11 +243,27 @@ def test_native_sends_without_waiting_for_replies(loadgen: Path) -> None:
     barrier = threading.Barrier(n, timeout=20)
     server, addr = stalling_server(n, barrier.wait)
     try:
-        latency, _ = replay(loadgen, addr, n, 100, 1000)
+        latency, _ = replay_uniform(loadgen, addr, n, 100, 1000)
     finally:
         barrier.abort()
         server.stop(0).wait()
     assert (latency >= (n - 1 - np.arange(n)) / 100 - 0.001).all(), latency
+
+
+def test_native_poisson_arrivals_are_seeded(loadgen: Path) -> None:
+    server, addr = stalling_server(4, lambda: None)
+    try:
+        a = replay(loadgen, addr, 2000, 0.25, arrival="poisson", seed=7)[0]
+        b = replay(loadgen, addr, 2000, 0.25, arrival="poisson", seed=7)[0]
+        c = replay(loadgen, addr, 2000, 0.25, arrival="poisson", seed=8)[0]
+    finally:
+        server.stop(0).wait()
+    np.testing.assert_array_equal(a, b)  # the same seed, the same schedule
+    assert len(a) != len(c) or not np.array_equal(a, c)
+    gaps = np.diff(a)
+    assert a[0] == 0.0 and (gaps >= 0).all() and len(a) > 300
+    assert gaps.mean() == pytest.approx(1 / 2000, rel=0.2)  # ~500 gaps of an exponential with mean 0.5 ms
+    assert gaps.std() > 0.5 * gaps.mean()  # exponential, not constant
 
 
 # ---------------------------------------------------------------- closed loop, sweep, failures
