@@ -53,6 +53,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="seed for the mix, the inputs and Poisson arrivals")
     g.add_argument(
+        "--engine",
+        choices=("python", "native"),
+        default="python",
+        help="who sends the load: python (grpc.aio in this process) or native (visionsearch-loadgen, the C++ "
+        "generator built by `make clients`) (default %(default)s)",
+    )
+    g.add_argument(
         "--timeout", type=float, default=10.0, help="deadline per request, s (default %(default)s)"
     )
     g.add_argument(
@@ -172,6 +179,7 @@ def _config(args: argparse.Namespace, **load: object) -> LoadConfig:
         images=args.images,
         words=args.words,
         seed=args.seed,
+        engine=args.engine,
         timeout_s=args.timeout,
         connect_timeout_s=args.connect_timeout,
         **load,  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ IMAGE_KINDS = frozenset({"search_image", "tag", "embed"})
 
 Mode = Literal["closed", "open"]
 Arrival = Literal["uniform", "poisson"]
+Engine = Literal["python", "native"]
 
 
 class LoadTestError(Exception):
@@ -41,6 +42,10 @@ class LoadConfig:
 
     The run lasts ``warmup_s`` (requests sent, not recorded) then ``duration_s`` or ``max_requests`` recorded
     requests, whichever ends first. ``mix`` weights the request kinds (see ``KINDS``).
+
+    ``engine="python"`` sends from this process (grpc.aio); ``engine="native"`` hands the prepared requests to
+    ``visionsearch-loadgen``, the C++ generator built by ``make clients`` (see ``loadtest.native``). Both
+    produce the same ``Report``.
     """
 
     address: str = "127.0.0.1:50051"
@@ -65,12 +70,15 @@ class LoadConfig:
     # Words for search_word; None: a built-in list of common nouns.
     words: tuple[str, ...] | None = None
     seed: int = 0
+    engine: Engine = "python"
 
     def __post_init__(self) -> None:
         if self.mode not in ("closed", "open"):
             raise ConfigError(f"mode must be 'closed' or 'open', not {self.mode!r}")
         if self.arrival not in ("uniform", "poisson"):
             raise ConfigError(f"arrival must be 'uniform' or 'poisson', not {self.arrival!r}")
+        if self.engine not in ("python", "native"):
+            raise ConfigError(f"engine must be 'python' or 'native', not {self.engine!r}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, not {self.concurrency}")
         if not self.rate > 0:
