@@ -20,7 +20,6 @@ from server.admin import check_collection, repair_collection
 from server.errors import ServiceError
 from server.storage import Collection, CollectionSettings, CollectionStore
 from server.storage.recovery import CollectionDamaged
-from server.storage.wal import replay
 from tests.conftest import ROOT
 
 DIM = 8
@@ -103,7 +102,7 @@ def test_a_flip_in_a_record_header_is_corruption(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cut", [1, 5, 19, 20, 21, -1])
 def test_an_interrupted_append_is_the_only_thing_cut(tmp_path: Path, cut: int) -> None:
     folder = tmp_path / "c"
-    c, model, starts = _one_record_per_item(folder, 10)
+    _, model, starts = _one_record_per_item(folder, 10)
     wal = folder / "wal-0.log"
     size = wal.stat().st_size
     keep = starts[9] + cut if cut > 0 else size - 1  # the last record, cut anywhere
@@ -148,6 +147,10 @@ def _two_generations(folder: Path) -> tuple[Collection, dict[str, np.ndarray]]:
         model[f"i{n}"] = v[n]
     assert (folder / "CURRENT").read_text().strip() == "2"
     return c, model
+
+
+def _cut(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
 
 
 DAMAGE = {
