@@ -7,7 +7,6 @@ classes, taken from MobileNetV2's own classifier. A class whose name has no text
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -17,6 +16,7 @@ import torchvision
 
 from embedder.head import HeadMismatch, HeadSpace, read_meta
 from embedder.image import ImageEmbedder
+from embedder.naming import HEAD_NAME
 from embedder.text import MiniLMText, SpacyText, TextSpace
 from embedder.words import WordVectors
 
@@ -91,11 +91,6 @@ class JointSpace(Protocol):
     input_size: int  # the image input size its features must be computed at
 
     def project(self, features: np.ndarray) -> np.ndarray: ...
-
-
-# A head is named, never pathed: "head:NAME" is DATA_DIR/heads/NAME.safetensors and nothing else, so that a
-# request cannot load a file from elsewhere, nor cache one head under many spellings.
-HEAD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class JointRegistry:

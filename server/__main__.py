@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from embedder.errors import AssetMissing
-from server import logs
+from server import logs, memory
 from server.app import AddressUnavailable, serve
 from server.config import Config
 
@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visionsearch-server: {e}", file=sys.stderr)
         return 2
     logs.configure(config.log_level)
+    memory.return_large_frees_to_the_os()
     try:
         serve(config)
     except (AssetMissing, AddressUnavailable) as e:

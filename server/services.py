@@ -13,11 +13,12 @@ import numpy as np
 
 from embedder.image import ImageEmbedder, embedder_names
 from embedder.joint import JointRegistry, JointSpace
+from embedder.naming import unknown_joint
 from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
 from server.aio import INLINE_SCAN
 from server.config import Config
-from server.errors import Error, fail, quote
+from server.errors import Error, fail
 from server.storage import CollectionStore
 
 log = logging.getLogger("visionsearch.services")
@@ -70,10 +71,7 @@ class Services:
         try:
             return self.joints.get(name)
         except KeyError:
-            fail(
-                Error.BAD_REQUEST,
-                f"joint space {quote(name)} is unknown; use one of {sorted(self.joints.dims())}",
-            )
+            fail(Error.BAD_REQUEST, unknown_joint(name, self.joints.dims()))
 
     def cheap_search(self, request: Any) -> bool:
         """Whether a Search by vector, id or words does little enough index work to run on the event loop:

@@ -7,6 +7,7 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from embedder.errors import UnknownWord
 from embedder.image import input_size
+from kernels import has_nonfinite
 from server.errors import Error, fail, quote, rpc_method
 from server.limits import MAX_SENTENCE_CHARS, MAX_WORDS, check_count, check_response_size, check_word
 from server.servicers.common import call_budget
@@ -107,6 +108,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 Error.BAD_REQUEST,
                 f"{what} has dimension {features.shape[1]}, the image space {c.settings.dim}",
             )
+        if has_nonfinite(features):
+            fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
         return c.prepare_joint(self.s.joint(c.settings.joint).project(features))
 
     def _text_query(self, c: Collection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:

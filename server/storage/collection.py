@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.naming import unknown_joint
 from kernels import ExactIndex, has_nonfinite, row_norms
 from kernels.hnsw import HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
 from server.errors import Error, fail, quote
@@ -91,11 +92,7 @@ class CollectionSettings:
             fail(Error.BAD_REQUEST, f"dim must be between 1 and {MAX_DIM}, got {self.dim}")
         if self.joint:
             if self.joint not in known_joints:
-                fail(
-                    Error.BAD_REQUEST,
-                    f"joint space {quote(self.joint)} is unknown; "
-                    f"use one of {sorted(known_joints)} or leave it empty",
-                )
+                fail(Error.BAD_REQUEST, unknown_joint(self.joint, known_joints))
             if not self.embedder:
                 fail(Error.BAD_REQUEST, "a joint space maps image features: set an embedder too")
             if self.joint_dim != known_joints[self.joint]:

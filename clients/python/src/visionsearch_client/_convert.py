@@ -84,6 +84,9 @@ class CollectionInfo:
     index_in_use: str = ""
     hnsw_connectivity: int = 16
     hnsw_expansion_add: int = 128
+    # "ready", or "damaged" (not served: every call on it fails with DATA_LOSS; ``state_reason`` says why).
+    state: str = "ready"
+    state_reason: str = ""
 
 
 def to_vector(v: npt.ArrayLike) -> pb.Vector:
@@ -94,6 +97,7 @@ def from_vector(v: pb.Vector) -> np.ndarray:
     return np.frombuffer(v.f32, dtype="<f4").astype(np.float32)
 
 
+STATES = {pb.COLLECTION_STATE_READY: "ready", pb.COLLECTION_STATE_DAMAGED: "damaged"}
 SPACES = {None: pb.SPACE_UNSPECIFIED, "image": pb.SPACE_IMAGE, "joint": pb.SPACE_JOINT}
 
 
@@ -208,6 +212,7 @@ def info(resp: pb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         c.name, c.dim, metric, c.embedder, resp.count, c.joint, resp.joint_dim, index, c.recall_target,
         resp.index_in_use, c.hnsw.connectivity, c.hnsw.expansion_add,
+        STATES.get(resp.state, "ready"), resp.state_reason,
     )  # fmt: skip
 
 
