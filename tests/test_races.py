@@ -36,9 +36,9 @@ def test_writes_racing_drops_and_updates_get_precise_statuses(small_server: tupl
     bad: list[str] = []
     lock = threading.Lock()
 
-    def record(what: str, call: Callable[[], object]) -> None:
+    def record(what: str, call: Callable[..., object], *args: object, **kw: object) -> None:
         try:
-            call()
+            call(*args, **kw)
             key = f"{what} OK"
         except VisionSearchError as e:
             key = f"{what} {e.code.name}"
@@ -57,19 +57,19 @@ def test_writes_racing_drops_and_updates_get_precise_statuses(small_server: tupl
                 if role == "writer":
                     ids = [f"i{rng.randrange(200)}" for _ in range(rng.randint(1, 8))]
                     items = [Item(i, vector=vecs[rng.randrange(64)], payload={"s": str(seed)}) for i in ids]
-                    record("upsert", lambda: c.upsert(name, items))
-                    record("delete", lambda: c.delete(name, ids[:2]))
+                    record("upsert", c.upsert, name, items)
+                    record("delete", c.delete, name, ids[:2])
                 elif role == "reader":
-                    record("search", lambda: c.search(name, vector=vecs[0], k=5))
-                    record("get", lambda: c.get_items(name, ["i1", "i2"], with_vector=True))
-                    record("count", lambda: c.count(name))
+                    record("search", c.search, name, vector=vecs[0], k=5)
+                    record("get", c.get_items, name, ["i1", "i2"], with_vector=True)
+                    record("count", c.count, name)
                 elif role == "dropper":
-                    record("drop", lambda: c.drop_collection(name))
-                    record("create", lambda: c.create_collection(name, dim=8))
+                    record("drop", c.drop_collection, name)
+                    record("create", c.create_collection, name, dim=8)
                     time.sleep(0.01)
                 else:
                     target = rng.choice([0.9, 0.95])
-                    record("update", lambda: c.update_collection(name, "auto", recall_target=target))
+                    record("update", c.update_collection, name, "auto", recall_target=target)
 
     with Client(address) as c:
         for name in NAMES:
