@@ -17,6 +17,7 @@ from server.aio import AioServer, adapt, add_health_and_reflection, inline_rules
 from server.config import Config
 from server.default_collection import ensure_default_collection
 from server.handlers import SERVICE_NAMES
+from server.health import CollectionHealth
 from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, TagServicer
 from server.services import Services
 
@@ -118,6 +119,10 @@ def create_server(config: Config, services: Services | None = None) -> Running:
         aio.start()
         for name in ("", *SERVICE_NAMES):
             aio.call(health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING))
+
+        def set_health(name: str, status: int) -> None:
+            aio.call(health_servicer.set(name, status))
+
     else:
         for service, cls in SERVICERS.items():
             handlers.add_service(server, service, cls(services), handlers.sync_behavior)
@@ -127,6 +132,12 @@ def create_server(config: Config, services: Services | None = None) -> Running:
         server.start()
         for name in ("", *SERVICE_NAMES):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        set_health = health_servicer.set
+    services.collection_health = CollectionHealth(set_health)
+    for c in services.store.list():
+        services.collection_health.ready(c.name)
+    for d in services.store.list_damaged():
+        services.collection_health.damaged(d.name)
     log.info("serving", extra={"address": config.address, "port": port, "mode": config.server_mode})
     return Running(server, port, services, health_servicer)
 

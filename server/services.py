@@ -19,6 +19,7 @@ from kernels import ExactIndex, l2_normalize
 from server.aio import INLINE_SCAN
 from server.config import Config
 from server.errors import Error, fail
+from server.health import CollectionHealth
 from server.storage import CollectionStore
 
 log = logging.getLogger("visionsearch.services")
@@ -32,6 +33,8 @@ class Services:
     words: WordVectors
     word_index: ExactIndex
     joints: JointRegistry
+    # Set by create_server once the health service exists.
+    collection_health: CollectionHealth | None = None
     _vocab_indexes: dict[str, tuple[list[str], ExactIndex]] = field(default_factory=dict)
     _vocab_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from visionsearch_client import Client, Item
 
 from server.admin import check_collection, repair_collection
 from server.errors import ServiceError
 from server.storage import Collection, CollectionSettings, CollectionStore
 from server.storage.recovery import CollectionDamaged
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ServerProcess
+from tests.test_bad_input import refused
 
 DIM = 8
 KW = {"fsync": False, "snapshot_wal_bytes": 1 << 40}
@@ -326,3 +331,51 @@ def test_admin_cli_checks_and_repairs(tmp_path: Path) -> None:
     assert admin("check", str(tmp_path)).returncode == 0
     assert len(_store(tmp_path).get("c")) == 4
     shutil.rmtree(tmp_path / "collections" / "c" / "quarantine")
+
+
+def test_a_server_starts_beside_a_damaged_collection_and_reports_it(
+    spawn_server: type[ServerProcess], tmp_path: Path
+) -> None:
+    proc = spawn_server(tmp_path)
+    with Client(proc.address, timeout=30) as c:
+        for name in ("good", "bad"):
+            c.create_collection(name, dim=DIM)
+            c.upsert(name, [Item(f"{name}{i}", vector=v) for i, v in enumerate(_vecs(3, 1))])
+    proc.signal(signal.SIGKILL)  # no snapshot at exit: the items are only in the logs
+    proc.wait()
+    _flip(tmp_path / "collections" / "bad" / "wal-0.log", 40)
+
+    again = spawn_server(tmp_path, "--log-level", "ERROR")
+    with Client(again.address, timeout=30) as c:
+        infos = {i.name: i for i in c.list_collections()}
+        assert infos["good"].state == "ready" and infos["good"].count == 3
+        bad = infos["bad"]
+        assert bad.state == "damaged" and bad.dim == DIM
+        assert "wal-0.log: record 1 at byte 16 has a damaged body" in bad.state_reason
+        assert c.get_collection("bad").state == "damaged"
+        for call in (
+            lambda: c.search("bad", vector=_vecs(1, 2)[0], k=1),
+            lambda: c.upsert("bad", [Item("x", vector=_vecs(1, 2)[0])]),
+            lambda: c.count("bad"),
+        ):
+            refused(
+                call,
+                grpc.StatusCode.DATA_LOSS,
+                "is damaged and not served",
+                "wal-0.log",
+                "visionsearch-admin",
+            )
+        assert [h.id for h in c.search("good", vector=_vecs(3, 1)[0], k=1)] == ["good0"]
+        with grpc.insecure_channel(again.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+
+            def status(service: str) -> int:
+                return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
+            assert status("") == health_pb2.HealthCheckResponse.SERVING
+            assert status("visionsearch.collection/good") == health_pb2.HealthCheckResponse.SERVING
+            assert status("visionsearch.collection/bad") == health_pb2.HealthCheckResponse.NOT_SERVING
+        c.drop_collection("bad")
+        assert [i.name for i in c.list_collections()] == ["good"]
+    again.proc.terminate()
+    assert "collection bad is damaged and not served" in again.proc.stderr.read()

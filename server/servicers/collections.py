@@ -93,7 +93,10 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
                     f"{quote(cfg.embedder)} embeds at {input_size(cfg.embedder)} px: "
                     f"use embedder 'mobilenet_v2@{head.input_size}'",
                 )
-        return collection_info(self.s.store.create(settings))
+        info = collection_info(self.s.store.create(settings))
+        if self.s.collection_health is not None:
+            self.s.collection_health.ready(settings.name)
+        return info
 
     @rpc_method
     def GetCollection(
@@ -117,6 +120,8 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         self, request: pb.DropCollectionRequest, context: grpc.ServicerContext
     ) -> pb.DropCollectionResponse:
         self.s.store.drop(request.name)
+        if self.s.collection_health is not None:
+            self.s.collection_health.dropped(request.name)
         return pb.DropCollectionResponse()
 
     @rpc_method

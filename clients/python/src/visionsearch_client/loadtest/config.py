@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Literal
 
 # The request kinds a mix can name, in a fixed order (their index is what the runner records per request).
-KINDS: tuple[str, ...] = ("search_vector", "search_image", "search_word", "tag", "embed")
-# Kinds that search a collection (and so need it to exist); the others only need the server.
-COLLECTION_KINDS = frozenset({"search_vector", "search_image", "search_word"})
+# upsert and delete write to the collection (one item per call, ids from a pool of WRITE_POOL "loadtest-N"
+# ids): for soaks that exercise the write-ahead log and snapshots under a read load.
+KINDS: tuple[str, ...] = ("search_vector", "search_image", "search_word", "tag", "embed", "upsert", "delete")
+# Kinds that use a collection (and so need it to exist); the others only need the server.
+COLLECTION_KINDS = frozenset({"search_vector", "search_image", "search_word", "upsert", "delete"})
+VECTOR_KINDS = frozenset({"search_vector", "upsert"})
 IMAGE_KINDS = frozenset({"search_image", "tag", "embed"})
 
 Mode = Literal["closed", "open"]

@@ -30,6 +30,7 @@ from visionsearch_client.client import DEFAULT_MAX_MESSAGE, channel_options
 from visionsearch_client.loadtest import workload
 from visionsearch_client.loadtest.config import (
     COLLECTION_KINDS,
+    VECTOR_KINDS,
     ConfigError,
     LoadConfig,
     UnreachableError,
@@ -282,7 +283,7 @@ async def _prepare(
         if "search_image" in kinds and not info.config.embedder:
             raise ConfigError(f"collection {name!r} takes vectors only (no embedder): search_image needs one")
     vectors = None
-    if "search_vector" in kinds:
+    if VECTOR_KINDS & set(kinds):
         assert info is not None
         dim = info.config.dim
         if config.vectors is not None:
