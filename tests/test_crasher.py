@@ -14,6 +14,7 @@ import random
 import signal
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ GONE = -1  # the state of a deleted item
 
 
 def vector(item_id: str, version: int) -> np.ndarray:
-    seed = abs(hash((item_id, version))) % (2**32)
+    seed = zlib.crc32(f"{item_id}:{version}".encode())
     v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
     return v / np.linalg.norm(v)
 
@@ -88,7 +89,7 @@ def _verify(address: str, ledger: Ledger) -> int:
                 state = GONE if g is None else int(g.payload["v"])
                 assert state in allowed, (coll, item_id, state, allowed)
                 if g is not None:
-                    np.testing.assert_array_equal(g.vector, vector(item_id, state))
+                    np.testing.assert_allclose(g.vector, vector(item_id, state), atol=1e-6)
                 checked += 1
     return checked
 
