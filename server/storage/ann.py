@@ -84,6 +84,7 @@ class AnnManager:
         self._chosen_at = 0
         self._deferred = True  # during log replay: decide once at the end, not per record
         self._building: threading.Thread | None = None
+        self.build_progress = 1.0  # of the build in flight: 0 when it starts, 1 when none runs
         self._build_again = False
         self._retired = False
         self.build_done = threading.Event()
@@ -138,6 +139,7 @@ class AnnManager:
         st = index._state
         rows = np.flatnonzero(st.alive[: st.n]).astype(np.int64)
         self._chosen_at = len(rows)
+        self.build_progress = 0.0
         self.build_done.clear()
         self._building = threading.Thread(
             target=self._build_then_swap,
@@ -162,6 +164,7 @@ class AnnManager:
             finally:
                 # Only now: readers of describe() must never see "exact, not building" between builds.
                 self._building = None
+                self.build_progress = 1.0
             try:
                 if self._build_again and not self._retired:
                     self._build_again = False
@@ -185,8 +188,11 @@ class AnnManager:
     def _choose(self, db: np.ndarray, rows: np.ndarray) -> _Choice:
         """Build and tune, off the writer's path. ``db`` rows in ``rows`` are never rewritten meanwhile."""
         lsh: _Choice | None = None
+        # Progress: LSH tuning (auto) is the first fifth; adding rows to the graph most of the rest.
+        graph_from = 0.0
         if self.kind in ("lsh", "auto"):
             tuned = tune_lsh(db, rows, self._tune_target)
+            self.build_progress = graph_from = 0.2 if self.kind == "auto" else 1.0
             p, m = tuned.index.params, tuned.measured
             if tuned.met or self.kind == "lsh":
                 index = tuned.index
@@ -201,7 +207,11 @@ class AnnManager:
                 lsh = _Choice("lsh", reason + " on 200 sampled queries", lsh=index, qps=m.qps)
             if self.kind == "lsh":
                 return lsh  # type: ignore[return-value]
-        hnsw = build_hnsw(db, rows, self.hnsw_params)
+
+        def added(share: float) -> None:
+            self.build_progress = graph_from + (0.95 - graph_from) * share
+
+        hnsw = build_hnsw(db, rows, self.hnsw_params, added)
         ef, m = tune_hnsw_ef(hnsw, db, rows, self._tune_target)
         hp = self.hnsw_params
         reason = (

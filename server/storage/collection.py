@@ -255,6 +255,15 @@ class Collection:
         """Rows an exact scan reads (live and cleared)."""
         return self._view.index.rows
 
+    def index_kind(self) -> str:
+        """The index answering image-space searches now: exact, lsh or hnsw."""
+        return self._view.ann.in_use
+
+    def index_build_progress(self) -> float | None:
+        """Share (0..1) of the background index build in flight, None when none runs."""
+        ann = self._view.ann
+        return None if ann.build_done.is_set() else ann.build_progress
+
     def approximate(self) -> bool:
         """Whether an approximate index answers image-space searches now."""
         return self._view.ann.in_use != "exact"
