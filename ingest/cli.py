@@ -115,7 +115,11 @@ def parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=Config().data_dir, help="where heads/ and the text cache are"
     )
     ap.add_argument("--actors", type=int, help="embedding actors, one torch thread each (default: all CPUs)")
-    ap.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+    ap.add_argument(
+        "--address",
+        help="join this Ray cluster, e.g. 10.0.0.5:6379 (default: start a local one); if it uses token "
+        "authentication, set RAY_AUTH_MODE=token and give its token (~/.ray/auth_token or RAY_AUTH_TOKEN)",
+    )
     ap.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all cores)")
     ap.add_argument("--batch-size", type=int, default=16, help="images per decode task and per forward")
     ap.add_argument(

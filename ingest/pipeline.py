@@ -125,8 +125,9 @@ def embedded_batches(
             "payload": [json.dumps(p.payload) for p in photos],
         }
     )
-    # Blocks of a few batches: small enough that both stages stream and the progress bar moves.
-    rows = batch_size * 4
+    # Blocks of at most a few batches, so both stages stream and the progress bar moves, and of fewer rows
+    # for a small job, so that every actor gets blocks.
+    rows = max(1, min(batch_size * 4, -(-len(photos) // (2 * actors))))
     blocks = [table.slice(i, rows) for i in range(0, len(photos), rows)]
     ds: ray.data.Dataset = ray.data.from_arrow(blocks)
     # Decoding asks for no CPU slot: the actors hold every slot they need (one per torch thread), and a
