@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VISIONSEARCH_VENV := $(abspath $(VENV))
 
-.PHONY: install serve test lint typecheck protos bench clients
+.PHONY: install serve test lint typecheck protos bench bench-ingest clients
 
 install:
 	@scripts/setup.sh
@@ -33,3 +33,7 @@ clients:
 
 bench:
 	$(PY) bench/exact.py
+
+# The Ray Data ingest pipeline with 1 and 2 actors against the best raw torch layout (a quiet machine only).
+bench-ingest:
+	$(PY) bench/ingest_throughput.py
