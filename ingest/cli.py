@@ -178,6 +178,8 @@ def load_joint(name: str, data_dir: Path, embedder: str) -> JointSpace:
 
 def run(args: argparse.Namespace) -> Summary:
     t0 = time.perf_counter()
+    if args.address and args.num_cpus:
+        raise SinkError("--num-cpus sizes a local Ray instance; a cluster joined with --address has its own")
     if args.embedder and args.embedder not in embedder_names():
         raise SinkError(f"--embedder {args.embedder!r} is unknown; use one of {sorted(embedder_names())}")
     listing = list_source(

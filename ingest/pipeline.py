@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedder import assets
-from embedder.errors import BadImage, ImageTooLarge
+from embedder.errors import BadImage, EmbedderError, ImageTooLarge
 from embedder.image import IMAGE_DIM, ImageNetwork, decode_pixels
 from ingest.sources import Photo
 
@@ -29,6 +29,7 @@ from ingest.sources import Photo
 UNREADABLE = "unreadable"
 NOT_AN_IMAGE = "not an image"
 TOO_LARGE = "over the pixel limit"
+REFUSED_IMAGE = "refused image"  # any other refusal of the embedder's decoder (e.g. its size bounds)
 
 
 def decode_batch(batch: dict[str, np.ndarray], *, size: int, max_pixels: int) -> dict[str, np.ndarray]:
@@ -49,6 +50,8 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: int, max_pixels: int) ->
             kinds[i], errors[i] = TOO_LARGE, str(e)
         except BadImage as e:
             kinds[i], errors[i] = NOT_AN_IMAGE, str(e)
+        except EmbedderError as e:
+            kinds[i], errors[i] = REFUSED_IMAGE, str(e)
         except Exception as e:  # one bad file must never stop the job, whatever Pillow raises
             kinds[i], errors[i] = NOT_AN_IMAGE, f"{type(e).__name__}: {str(e)[:200]}"
     return {

@@ -319,6 +319,15 @@ def test_sources_derive_ids_from_paths(tmp_path: Path) -> None:
         (["{tmp}", "--parquet", "{tmp}/o", "--milvus", "{tmp}/m.db"], "name exactly one output"),
         (["{tmp}", "--parquet", "{tmp}/o", "--embedder", "resnet"], "--embedder 'resnet' is unknown"),
         (["{tmp}", "--parquet", "{tmp}/o", "--joint", "conse:nope"], "joint space 'conse:nope' is unknown"),
+        (["{tmp}", "--parquet", "{tmp}/o", "--address", "127.0.0.1:1", "--num-cpus", "2"], "has its own"),
+        (
+            ["{tmp}", "--collection", "c", "--server", "127.0.0.1:1"],
+            "collection 'c' at 127.0.0.1:1: UNAVAILABLE",
+        ),
+        (
+            ["{tmp}", "--milvus", "http://127.0.0.1:1"],
+            "Milvus collection 'visionsearch' at http://127.0.0.1:1: ",
+        ),
     ],
 )
 def test_bad_arguments_say_what_to_fix(
