@@ -44,10 +44,16 @@ def unit(v: np.ndarray) -> np.ndarray:
 def ray_address() -> Iterator[str]:
     import ray
 
+    # ray.init() sets environment variables and a SIGTERM handler in this process; the rest of the suite
+    # gets them back as they were.
+    env, on_sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
     start_ray(None, 2)
     assert ray.cluster_resources()["CPU"] == 2
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+    os.environ.clear()
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def ingest(*argv: str) -> Summary:
