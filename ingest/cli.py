@@ -259,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, SinkError) as e:
         print(f"visionsearch-ingest: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "visionsearch-ingest: interrupted; what was written is kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     except VisionSearchError as e:
         print(
             f"visionsearch-ingest: the server refused or did not answer ({e}); what was written is kept: "
