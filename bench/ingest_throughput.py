@@ -30,7 +30,7 @@ from pathlib import Path
 
 from embed_throughput import Raw, photos  # bench/ is on sys.path when a bench script runs
 
-from ingest.pipeline import embedded_batches, start_ray
+from ingest.pipeline import FORWARD_BATCH, embedded_batches, start_ray
 from ingest.sources import Photo
 
 OUT = Path(__file__).resolve().parent / "results" / "ingest_throughput.json"
@@ -57,11 +57,18 @@ def write_photos(folder: Path, n: int) -> list[Photo]:
     return out
 
 
-def pipeline_rate(todo: list[Photo], actors: int, batch_size: int) -> tuple[float, float]:
+def pipeline_rate(todo: list[Photo], actors: int, batch_size: int, forward_batch: int) -> tuple[float, float]:
     """(steady images/s from the first batch on, seconds until the first batch)."""
     t0 = time.perf_counter()
     first_at, after_first, failed = 0.0, 0, 0
-    batches = embedded_batches(todo, size=224, max_pixels=MAX_PIXELS, actors=actors, batch_size=batch_size)
+    batches = embedded_batches(
+        todo,
+        size=224,
+        max_pixels=MAX_PIXELS,
+        actors=actors,
+        batch_size=batch_size,
+        forward_batch=forward_batch,
+    )
     for batch in batches:
         failed += int((batch["kind"] != "").sum())
         if not first_at:
@@ -78,7 +85,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=3000, help="images per pipeline run")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=16, help="the pipeline's batch (decode and forward)")
+    ap.add_argument("--batch-size", type=int, default=16, help="the pipeline's Ray batch")
+    ap.add_argument("--forward-batch", type=int, default=FORWARD_BATCH, help="images per forward in an actor")
     ap.add_argument("--raw-seconds", type=float, default=3, help="per raw configuration in the sweep")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -100,8 +108,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         todo = write_photos(Path(tmp), args.photos)
         for n in range(args.rounds):
-            one, start_one = pipeline_rate(todo, 1, args.batch_size)
-            two, start_two = pipeline_rate(todo, min(2, cores), args.batch_size)
+            one, start_one = pipeline_rate(todo, 1, args.batch_size, args.forward_batch)
+            two, start_two = pipeline_rate(todo, min(2, cores), args.batch_size, args.forward_batch)
             # The raw forward's time matches one pipeline run's, so both see the same drift.
             r_best = raw.rate(*best, max(args.raw_seconds, args.photos / max(two, 1.0)))
             rounds.append({"ray_1_actor": one, "ray_2_actors": two, "raw_best": r_best,
@@ -117,6 +125,7 @@ def main() -> None:
           f"2 actors / best raw layout {vs_raw:.3f} (target >= 0.90)")  # fmt: skip
     result = {
         "cpu": cpu_model(), "cores": cores, "photos": args.photos, "batch_size": args.batch_size,
+        "forward_batch": args.forward_batch,
         "raw_grid": {f"threads={k[0]} streams={k[1]} batch={k[2]}": v for k, v in grid.items()},
         "best_layout": best, "rounds": rounds, "median_2_over_1": scaling, "median_2_over_raw": vs_raw,
         "loadavg_at_end": os.getloadavg(),

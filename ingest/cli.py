@@ -24,7 +24,7 @@ from visionsearch_client import VisionSearchError
 
 from embedder.image import INPUT_SIZES, embedder_names, input_size
 from embedder.joint import JointSpace
-from ingest.pipeline import cluster_cpus, embedded_batches, start_ray
+from ingest.pipeline import FORWARD_BATCH, cluster_cpus, embedded_batches, start_ray
 from ingest.sinks import CollectionSink, MilvusSink, ParquetSink, Sink, SinkError
 from ingest.sources import SourceError, list_source
 from server.config import Config
@@ -121,7 +121,12 @@ def parser() -> argparse.ArgumentParser:
         "authentication, set RAY_AUTH_MODE=token and give its token (~/.ray/auth_token or RAY_AUTH_TOKEN)",
     )
     ap.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all cores)")
-    ap.add_argument("--batch-size", type=int, default=16, help="images per decode task and per forward")
+    ap.add_argument(
+        "--batch-size", type=int, default=16, help="images per Ray batch (a decode task, an actor call)"
+    )
+    ap.add_argument(
+        "--forward-batch", type=int, default=FORWARD_BATCH, help="images per forward inside an actor"
+    )
     ap.add_argument(
         "--write-batch", type=int, help="items per write (default: 128 upserts, 2048 Parquet rows)"
     )
@@ -225,6 +230,7 @@ def run(args: argparse.Namespace) -> Summary:
             max_pixels=args.max_pixels,
             actors=summary.actors,
             batch_size=args.batch_size,
+            forward_batch=args.forward_batch,
         )
         bar = tqdm(total=len(todo), unit="img", desc="ingest", mininterval=1.0, file=sys.stderr)
         try:

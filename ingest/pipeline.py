@@ -63,21 +63,29 @@ def decode_batch(batch: dict[str, np.ndarray], *, size: int, max_pixels: int) ->
     }
 
 
+# Images per forward inside an actor. A one-thread forward is fastest on a couple of images at a time: on
+# the 2-core development machine two one-thread streams ran 112, 125, 115 and 81 images/s at batches of 1, 2,
+# 4 and 8 (bench/results/embed_throughput.json); larger batches spill the activations out of the caches.
+FORWARD_BATCH = 2
+
+
 class EmbedActor:
     """One copy of the network per actor, on one torch thread: on a machine of N cores, N one-thread
     forwards side by side embed more than one N-thread forward (bench/embed_throughput.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, forward_batch: int = FORWARD_BATCH) -> None:
         import torch
 
         torch.set_num_threads(1)
         self.network = ImageNetwork(str(assets.mobilenet_v2_weights()))
+        self.forward_batch = forward_batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = batch["kind"] == ""
-        vectors = np.zeros((len(ok), IMAGE_DIM), np.float32)
-        if ok.any():
-            vectors[ok] = self.network.forward_pixels(batch["pixels"][ok])
+        ok = np.flatnonzero(batch["kind"] == "")
+        vectors = np.zeros((len(batch["kind"]), IMAGE_DIM), np.float32)
+        for start in range(0, len(ok), self.forward_batch):
+            rows = ok[start : start + self.forward_batch]
+            vectors[rows] = self.network.forward_pixels(batch["pixels"][rows])
         return {k: batch[k] for k in ("id", "payload", "kind", "error")} | {"vector": vectors}
 
 
@@ -114,6 +122,7 @@ def embedded_batches(
     max_pixels: int,
     actors: int,
     batch_size: int,
+    forward_batch: int = FORWARD_BATCH,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of ``id``, ``payload`` (JSON), ``kind``/``error`` ("" when embedded) and ``vector``, as the
     actors finish them (not in input order). Ray must be started (``start_ray``)."""
@@ -146,6 +155,7 @@ def embedded_batches(
     )
     ds = ds.map_batches(
         EmbedActor,
+        fn_constructor_kwargs={"forward_batch": forward_batch},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
