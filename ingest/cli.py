@@ -128,7 +128,9 @@ def parser() -> argparse.ArgumentParser:
         "--forward-batch", type=int, default=FORWARD_BATCH, help="images per forward inside an actor"
     )
     ap.add_argument(
-        "--write-batch", type=int, help="items per write (default: 128 upserts, 2048 Parquet rows)"
+        "--write-batch",
+        type=int,
+        help="items per write (default: 128 per upsert, 2048 per Parquet part, 512 per Milvus upsert)",
     )
     ap.add_argument(
         "--max-pixels",
