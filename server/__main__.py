@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from embedder.errors import AssetMissing
 from server import logs, memory
 from server.app import AddressUnavailable, serve
+from server.auth import KeyFileError
 from server.config import Config
+from server.tls import TlsConfigError, UnsafeBind
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory.return_large_frees_to_the_os()
     try:
         serve(config)
+    except (UnsafeBind, TlsConfigError, KeyFileError) as e:
+        print(f"visionsearch-server: {e}", file=sys.stderr)
+        return 2
     except (AssetMissing, AddressUnavailable) as e:
         print(f"visionsearch-server: {e}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ The servicers are the sync ones; ``_Context`` gives them the parts of the sync c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -19,7 +20,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
 from server.errors import AbortCall
 
@@ -70,7 +72,9 @@ def adapt(servicer: Any, names: list[str], pool: futures.ThreadPoolExecutor, rul
             try:
                 if inline(request):
                     return sync(request, ctx)
-                return await asyncio.get_running_loop().run_in_executor(pool, sync, request, ctx)
+                # The pool thread runs in a copy of this call's context: its API key and its trace span.
+                call = contextvars.copy_context()
+                return await asyncio.get_running_loop().run_in_executor(pool, call.run, sync, request, ctx)
             except AbortCall as a:
                 await context.abort(a.code, a.details)
 
@@ -84,15 +88,24 @@ class AioServer:
     """A ``grpc.aio`` server on its own event-loop thread, bound at construction, with the sync server's
     ``stop`` shape. Servicers are added with ``run`` (on the loop) before ``start``."""
 
-    def __init__(self, options: list[tuple[str, Any]], address: str, workers: int) -> None:
+    def __init__(
+        self,
+        options: list[tuple[str, Any]],
+        address: str,
+        workers: int,
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: list[Any] | None = None,
+    ) -> None:
         self.pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="aio-pool")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="aio-server", daemon=True)
         self._thread.start()
 
         async def bind() -> tuple[grpc.aio.Server, int]:
-            server = grpc.aio.server(options=options)
-            return server, server.add_insecure_port(address)
+            server = grpc.aio.server(options=options, interceptors=interceptors or None)
+            if credentials is None:
+                return server, server.add_insecure_port(address)
+            return server, server.add_secure_port(address, credentials)
 
         self.server, self.port = self.call(bind())
 
@@ -125,5 +138,22 @@ class AioServer:
 def add_health_and_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> Any:
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    reflection.enable_server_reflection(names, server)
+    add_reflection(server, names, reflection.aio.ReflectionServicer(names))
     return servicer
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def add_reflection(server: Any, names: tuple[str, ...], servicer: Any) -> None:
+    """Serve reflection as v1alpha (grpcio-reflection) and as v1. The two protocols' messages are the same
+    fields under another package name, so the v1alpha servicer and messages answer v1 on the wire."""
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=rpb.ServerReflectionRequest.FromString,
+        response_serializer=rpb.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )

@@ -6,20 +6,31 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import handlers
-from server.aio import AioServer, adapt, add_health_and_reflection, inline_rules
+from server import handlers, tracing
+from server.aio import (
+    REFLECTION_V1,
+    AioServer,
+    adapt,
+    add_health_and_reflection,
+    add_reflection,
+    inline_rules,
+)
+from server.auth import AioReflectionGate, Authorizer, ReflectionGate
 from server.config import Config
 from server.default_collection import ensure_default_collection
-from server.handlers import SERVICE_NAMES
+from server.handlers import SERVICE_NAMES, Guard
 from server.health import CollectionHealth
-from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, TagServicer
+from server.metrics import Metrics
+from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, ServerServicer, TagServicer
 from server.services import Services
+from server.tls import CertificateFiles, check_exposure
 
 log = logging.getLogger("visionsearch.server")
 
@@ -30,6 +41,7 @@ SERVICERS: dict[str, type] = {
     "visionsearch.v1.SearchService": SearchServicer,
     "visionsearch.v1.TagService": TagServicer,
     "visionsearch.v1.CollectionService": CollectionServicer,
+    "visionsearch.v1.ServerService": ServerServicer,
 }
 
 
@@ -46,13 +58,27 @@ class Running:
         port: int,
         services: Services,
         health_servicer: health.HealthServicer | health.aio.HealthServicer,
+        *,
+        auth: Authorizer | None = None,
+        certificates: CertificateFiles | None = None,
+        metrics: Metrics | None = None,
+        metrics_port: int = 0,
     ):
         self.server = server
         self.port = port
         self.services = services
         self.health = health_servicer
+        self.auth = auth
+        self.certificates = certificates
+        self.metrics = metrics
+        self.metrics_port = metrics_port
         self._stopped = False
         self._stop_lock = threading.Lock()
+
+    def reload(self) -> None:
+        """Re-read the API key file now (SIGHUP); certificates are re-read at each new connection anyway."""
+        if self.auth is not None:
+            self.auth.reload()
 
     def stop(self, grace: float | None = None) -> None:
         with self._stop_lock:
@@ -67,32 +93,59 @@ class Running:
         # Refuse new calls, let in-flight ones finish within the grace period, then flush every collection.
         self.server.stop(grace).wait()
         self.services.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.auth is not None:
+            self.auth.close()
         log.info("stopped; collections flushed to disk")
 
 
 def create_server(config: Config, services: Services | None = None) -> Running:
-    """Build and start a server on ``config.address`` (port 0 picks a free one); returns it with its port."""
+    """Build and start a server on ``config.address`` (port 0 picks a free one); returns it with its port.
+
+    Raises ``UnsafeBind``, ``TlsConfigError`` or ``KeyFileError`` for a configuration it will not serve with,
+    before loading anything."""
+    check_exposure(
+        config.address, tls=bool(config.tls_cert), keys=bool(config.api_keys), insecure=config.insecure
+    )
+    certificates = (
+        CertificateFiles(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
+    )
+    auth = Authorizer(Path(config.api_keys)) if config.api_keys else None
+    if config.otlp_endpoint:
+        tracing.configure(config.otlp_endpoint)
+    aio_mode = config.server_mode == "aio"
+    interceptors: list[Any] = []
+    if auth is not None:
+        interceptors.append(AioReflectionGate(auth) if aio_mode else ReflectionGate(auth))
+    if config.trace or config.otlp_endpoint:
+        interceptors += tracing.interceptors(aio_mode)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
-        # A connection that never sends the HTTP/2 preface and settings is closed after this long, instead
+        # A connection that never completes its TLS and HTTP/2 handshake is closed after this long, instead
         # of holding a file descriptor and memory for ever.
         ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout_s * 1000)),
     ]
-    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    credentials = certificates.credentials() if certificates is not None else None
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
     # Bind first: a taken port should fail in a second, not after minutes of model loading and indexing.
     server: grpc.Server | AioServer
-    if config.server_mode == "aio":
+    if aio_mode:
         try:
-            server = AioServer(options, config.address, config.workers)
+            server = AioServer(options, config.address, config.workers, credentials, interceptors)
             port = server.port
         except RuntimeError:
             port = 0
     else:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+        pool = futures.ThreadPoolExecutor(max_workers=config.workers)
+        server = grpc.server(pool, options=options, interceptors=interceptors or None)
         try:
-            port = server.add_insecure_port(config.address)
+            if credentials is None:
+                port = server.add_insecure_port(config.address)
+            else:
+                port = server.add_secure_port(config.address, credentials)
         except RuntimeError:
             port = 0
     if port == 0:
@@ -103,6 +156,9 @@ def create_server(config: Config, services: Services | None = None) -> Running:
     services = services or Services.start(config)
     if config.default_collection:
         ensure_default_collection(services)
+    metrics = Metrics(services) if config.metrics_address else None
+    metrics_port = metrics.serve(config.metrics_address) if metrics is not None else 0
+    guard = Guard(auth, metrics)
     health_servicer: health.HealthServicer | health.aio.HealthServicer
     if isinstance(server, AioServer):
         aio = server
@@ -112,7 +168,7 @@ def create_server(config: Config, services: Services | None = None) -> Running:
 
             def register(service: str = service, cls: Any = cls, rpcs: list[str] = rpcs) -> None:
                 adapted = adapt(cls(services), rpcs, aio.pool, rules)
-                handlers.add_service(aio.server, service, adapted, handlers.aio_behavior)
+                handlers.add_service(aio.server, service, adapted, handlers.aio_behavior, guard)
 
             aio.run(register)
         health_servicer = aio.run(lambda: add_health_and_reflection(aio.server, names))
@@ -125,10 +181,10 @@ def create_server(config: Config, services: Services | None = None) -> Running:
 
     else:
         for service, cls in SERVICERS.items():
-            handlers.add_service(server, service, cls(services), handlers.sync_behavior)
+            handlers.add_service(server, service, cls(services), handlers.sync_behavior, guard)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(names, server)
+        add_reflection(server, names, reflection.ReflectionServicer(names))
         server.start()
         for name in ("", *SERVICE_NAMES):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -138,8 +194,17 @@ def create_server(config: Config, services: Services | None = None) -> Running:
         services.collection_health.ready(c.name)
     for d in services.store.list_damaged():
         services.collection_health.damaged(d.name)
-    log.info("serving", extra={"address": config.address, "port": port, "mode": config.server_mode})
-    return Running(server, port, services, health_servicer)
+    log.info(
+        "serving",
+        extra={
+            "address": config.address, "port": port, "mode": config.server_mode, "tls": bool(certificates),
+            "mtls": bool(config.tls_client_ca), "api_keys": bool(auth), "metrics_port": metrics_port,
+        },
+    )  # fmt: skip
+    return Running(
+        server, port, services, health_servicer,
+        auth=auth, certificates=certificates, metrics=metrics, metrics_port=metrics_port,
+    )  # fmt: skip
 
 
 def serve(config: Config) -> None:
@@ -150,9 +215,17 @@ def serve(config: Config) -> None:
         log.info("received %s: draining", signal.Signals(signum).name)
         done.set()
 
+    def on_hangup(signum: int, _frame: object) -> None:
+        log.info("received SIGHUP: reloading the API keys")
+        threading.Thread(target=running.reload, name="reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     host = config.address.rsplit(":", 1)[0]
     print(f"visionsearch listening on {host}:{running.port}", flush=True)
+    if running.metrics_port:
+        metrics_host = config.metrics_address.rsplit(":", 1)[0] or "127.0.0.1"
+        print(f"visionsearch metrics on http://{metrics_host}:{running.metrics_port}/metrics", flush=True)
     done.wait()
     running.stop()

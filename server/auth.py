@@ -286,3 +286,49 @@ def collection_of(request: Any) -> str | None:
     if "config" in fields and request.DESCRIPTOR.name == "CreateCollectionRequest":
         return str(request.config.name)
     return None
+
+
+# ------------------------------------------------------------------ services outside the API
+
+
+def _deny_stream(denied: Denied) -> grpc.RpcMethodHandler:
+    def behavior(requests: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(denied.code, denied.message)
+
+    return grpc.stream_stream_rpc_method_handler(behavior)
+
+
+def _deny_stream_aio(denied: Denied) -> grpc.RpcMethodHandler:
+    async def behavior(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(denied.code, denied.message)
+
+    return grpc.stream_stream_rpc_method_handler(behavior)
+
+
+class ReflectionGate(grpc.ServerInterceptor):
+    """Reflection answers any valid key (it describes the API, not the data); health answers everyone (load
+    balancers probe it); the API's own RPCs are checked in ``server.handlers``."""
+
+    def __init__(self, auth: Authorizer) -> None:
+        self.auth = auth
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        if details.method.startswith("/grpc.reflection."):
+            try:
+                self.auth.identify(details.invocation_metadata)
+            except Denied as d:
+                return _deny_stream(d)
+        return continuation(details)
+
+
+class AioReflectionGate(grpc.aio.ServerInterceptor):
+    def __init__(self, auth: Authorizer) -> None:
+        self.auth = auth
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        if details.method.startswith("/grpc.reflection."):
+            try:
+                self.auth.identify(details.invocation_metadata)
+            except Denied as d:
+                return _deny_stream_aio(d)
+        return await continuation(details)

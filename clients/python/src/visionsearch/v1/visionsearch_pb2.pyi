@@ -1087,3 +1087,197 @@ class CountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountResponse: _TypeAlias = CountResponse  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """---------------------------------------------------------------- Server"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class Limits(_message.Message):
+    """The limits this server enforces. A request beyond one is refused with the status named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_K_FIELD_NUMBER: _builtins.int
+    MAX_PIXELS_FIELD_NUMBER: _builtins.int
+    MAX_ASPECT_FIELD_NUMBER: _builtins.int
+    MAX_IDS_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_WORDS_FIELD_NUMBER: _builtins.int
+    MAX_SENTENCE_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_WORD_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_VOCABULARY_FIELD_NUMBER: _builtins.int
+    MAX_EFFORT_FIELD_NUMBER: _builtins.int
+    MAX_DIM_FIELD_NUMBER: _builtins.int
+    max_message_bytes: _builtins.int
+    """Largest request or response message, in bytes (RESOURCE_EXHAUSTED beyond; a response that would exceed
+    it is refused before it is built).
+    """
+    max_k: _builtins.int
+    """Largest k of a search or tag request (INVALID_ARGUMENT beyond)."""
+    max_pixels: _builtins.int
+    """Largest image, width x height (INVALID_ARGUMENT beyond, read from the header before decoding)."""
+    max_aspect: _builtins.int
+    """Largest ratio of an image's long side to its short side (INVALID_ARGUMENT beyond)."""
+    max_ids: _builtins.int
+    """Ids in one GetItems or Delete (INVALID_ARGUMENT beyond)."""
+    max_items: _builtins.int
+    """Items in one Upsert (INVALID_ARGUMENT beyond)."""
+    max_batch_bytes: _builtins.int
+    """Bytes of vectors one Upsert may need, items x dim x 4 (INVALID_ARGUMENT beyond)."""
+    max_words: _builtins.int
+    """Words in one text query (INVALID_ARGUMENT beyond)."""
+    max_sentence_chars: _builtins.int
+    """Characters of a sentence query (INVALID_ARGUMENT beyond)."""
+    max_word_chars: _builtins.int
+    """Characters of one word (INVALID_ARGUMENT beyond)."""
+    max_vocabulary: _builtins.int
+    """Words in one Tag vocabulary (INVALID_ARGUMENT beyond)."""
+    max_effort: _builtins.int
+    """Largest SearchRequest.effort."""
+    max_dim: _builtins.int
+    """Largest collection dimension."""
+    def __init__(
+        self,
+        *,
+        max_message_bytes: _builtins.int = ...,
+        max_k: _builtins.int = ...,
+        max_pixels: _builtins.int = ...,
+        max_aspect: _builtins.int = ...,
+        max_ids: _builtins.int = ...,
+        max_items: _builtins.int = ...,
+        max_batch_bytes: _builtins.int = ...,
+        max_words: _builtins.int = ...,
+        max_sentence_chars: _builtins.int = ...,
+        max_word_chars: _builtins.int = ...,
+        max_vocabulary: _builtins.int = ...,
+        max_effort: _builtins.int = ...,
+        max_dim: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_aspect", b"max_aspect", "max_batch_bytes", b"max_batch_bytes", "max_dim", b"max_dim", "max_effort", b"max_effort", "max_ids", b"max_ids", "max_items", b"max_items", "max_k", b"max_k", "max_message_bytes", b"max_message_bytes", "max_pixels", b"max_pixels", "max_sentence_chars", b"max_sentence_chars", "max_vocabulary", b"max_vocabulary", "max_word_chars", b"max_word_chars", "max_words", b"max_words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
+class EmbedderInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name CollectionConfig.embedder takes, e.g. "mobilenet_v2" or "mobilenet_v2@96"."""
+    dim: _builtins.int
+    """Width of the vectors it makes."""
+    input_size: _builtins.int
+    """Side of the square crop it embeds, in pixels."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dim: _builtins.int = ...,
+        input_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "input_size", b"input_size", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedderInfo: _TypeAlias = EmbedderInfo  # noqa: Y015
+
+@_typing.final
+class JointSpaceInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name CollectionConfig.joint and TagRequest.joint take, e.g. "conse:spacy" or "head:fashion"."""
+    dim: _builtins.int
+    """Width of its vectors."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dim: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JointSpaceInfo: _TypeAlias = JointSpaceInfo  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    EMBEDDERS_FIELD_NUMBER: _builtins.int
+    JOINT_SPACES_FIELD_NUMBER: _builtins.int
+    INDEX_KINDS_FIELD_NUMBER: _builtins.int
+    API_KEYS_REQUIRED_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
+    CLIENT_CERTIFICATES_REQUIRED_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The server's version, e.g. "0.2.0"."""
+    api_keys_required: _builtins.bool
+    """Whether calls need an API key (`authorization: Bearer <key>` or `api-key: <key>`)."""
+    tls: _builtins.bool
+    """Whether the server speaks TLS, and requires client certificates (mTLS)."""
+    client_certificates_required: _builtins.bool
+    @_builtins.property
+    def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def embedders(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbedderInfo]:
+        """Image embedders a collection may use."""
+
+    @_builtins.property
+    def joint_spaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___JointSpaceInfo]:
+        """Joint image-word spaces a collection or a Tag call may use."""
+
+    @_builtins.property
+    def index_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___IndexType.ValueType]:
+        """Index types a collection may ask for (CollectionConfig.index)."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        limits: Global___Limits | None = ...,
+        embedders: _abc.Iterable[Global___EmbedderInfo] | None = ...,
+        joint_spaces: _abc.Iterable[Global___JointSpaceInfo] | None = ...,
+        index_kinds: _abc.Iterable[Global___IndexType.ValueType] | None = ...,
+        api_keys_required: _builtins.bool = ...,
+        tls: _builtins.bool = ...,
+        client_certificates_required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys_required", b"api_keys_required", "client_certificates_required", b"client_certificates_required", "embedders", b"embedders", "index_kinds", b"index_kinds", "joint_spaces", b"joint_spaces", "limits", b"limits", "tls", b"tls", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015

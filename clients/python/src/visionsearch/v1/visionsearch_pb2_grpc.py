@@ -701,3 +701,77 @@ class CollectionService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ServerServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetServerInfo = channel.unary_unary(
+                '/visionsearch.v1.ServerService/GetServerInfo',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
+
+
+class ServerServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetServerInfo(self, request, context):
+        """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+        Needs an API key with any role when the server has a key file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ServerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'visionsearch.v1.ServerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('visionsearch.v1.ServerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ServerService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.ServerService/GetServerInfo',
+            visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

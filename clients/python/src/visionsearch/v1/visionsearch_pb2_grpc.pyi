@@ -230,3 +230,34 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_visionsearch_pb2.CountResponse, _abc.Awaitable[_visionsearch_pb2.CountResponse]]: ...
 
 def add_CollectionServiceServicer_to_server(servicer: CollectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ServerServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ServerServiceAsyncStub: ...
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.GetServerInfoRequest, _visionsearch_pb2.GetServerInfoResponse]
+    """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+    Needs an API key with any role when the server has a key file.
+    """
+
+@_typing.type_check_only
+class ServerServiceAsyncStub(ServerServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.GetServerInfoRequest, _visionsearch_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+    Needs an API key with any role when the server has a key file.
+    """
+
+class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _visionsearch_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.GetServerInfoResponse, _abc.Awaitable[_visionsearch_pb2.GetServerInfoResponse]]:
+        """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+        Needs an API key with any role when the server has a key file.
+        """
+
+def add_ServerServiceServicer_to_server(servicer: ServerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
