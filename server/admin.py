@@ -1,7 +1,9 @@
-"""``visionsearch-admin``: verify and repair a data folder offline, while no server uses it.
+"""``visionsearch-admin``: verify and repair a data folder offline, while no server uses it; manage API keys.
 
     visionsearch-admin check DATA_DIR [--collection NAME]     exit 0 when everything is sound, 1 otherwise
     visionsearch-admin repair DATA_DIR --collection NAME      rebuild a damaged collection from what is intact
+    visionsearch-admin keys add FILE --name N --role read|write|admin [--collections a,b]
+    visionsearch-admin keys list FILE | keys remove FILE --name N
 
 ``check`` reads every collection as the server would at start (without changing a byte) and also verifies the
 fallback generation, so that damage is found before it is needed. ``repair`` keeps everything intact: the
@@ -25,6 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from server import auth
 from server.storage import snapshot, wal
 from server.storage.collection import Collection, CollectionSettings
 from server.storage.recovery import CollectionDamaged, Recovered, config_bytes, read_config, recover
@@ -218,7 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(cmd)
         p.add_argument("data_dir", type=Path)
         p.add_argument("--collection", required=cmd == "repair")
+    keys = sub.add_parser("keys", help="API keys: add (prints the new key once), list, remove")
+    keys.add_argument("action", choices=["add", "list", "remove"])
+    keys.add_argument("file", type=Path, help="the key file the server reads (--api-keys)")
+    keys.add_argument("--name", help="who the key is for; logs name the key by it")
+    keys.add_argument("--role", choices=auth.ROLES, default="read")
+    keys.add_argument("--collections", default="", help="comma-separated: the only collections it may use")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return _keys(args)
     if args.command == "check":
         bad = 0
         for folder in _folders(args.data_dir, args.collection):
@@ -233,6 +244,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{folder.name}: {action}")
         report = check_collection(folder)
         print(f"{folder.name}: now {report.status}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "list":
+            for k in auth.read_keys(args.file):
+                print(f"{k.name}\t{k.role}\t{','.join(k.collections) or '*'}")
+            return 0
+        if not args.name:
+            raise auth.KeyFileError(f"keys {args.action} needs --name")
+        if args.action == "remove":
+            kept = [k for k in auth.read_keys(args.file) if k.name != args.name]
+            auth.write_keys(args.file, kept)
+            print(f"removed {args.name!r}; the server drops it within a second (or at once on SIGHUP)")
+            return 0
+        collections = [c for c in args.collections.split(",") if c]
+        secret = auth.add_key(args.file, args.name, args.role, collections)
+    except auth.KeyFileError as e:
+        print(f"visionsearch-admin: {e}", file=sys.stderr)
+        return 2
+    print(secret)
+    scope = f", collections {','.join(collections)}" if collections else ""
+    print(
+        f"added {args.name!r} ({args.role}{scope}); the key above is shown once and stored nowhere, only its hash",
+        file=sys.stderr,
+    )
     return 0
 
 

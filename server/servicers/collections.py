@@ -8,12 +8,14 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 from embedder.image import input_size
 from kernels.hnsw import HNSW_DEFAULTS
 from server.errors import Error, fail, quote, rpc_method
+from server.handlers import current_key
 from server.limits import MAX_IDS, MAX_ITEMS, check_batch_memory, check_count, check_response_size
 from server.servicers.common import call_budget
 from server.services import Services
 from server.storage import Collection, CollectionSettings
 from server.storage.collection import validate_id
 from server.storage.store import Damaged
+from server.tracing import span
 from server.wire import (
     INDEX_ENUMS,
     METRIC_ENUMS,
@@ -111,8 +113,12 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext
     ) -> pb.ListCollectionsResponse:
-        infos = [collection_info(c) for c in self.s.store.list()]
-        infos += [damaged_info(d) for d in self.s.store.list_damaged()]
+        key = current_key.get()
+        visible = set(key.collections) if key is not None and key.collections else None  # a limited key
+        infos = [collection_info(c) for c in self.s.store.list() if visible is None or c.name in visible]
+        infos += [
+            damaged_info(d) for d in self.s.store.list_damaged() if visible is None or d.name in visible
+        ]
         return pb.ListCollectionsResponse(collections=sorted(infos, key=lambda i: i.config.name))
 
     @rpc_method
@@ -166,14 +172,16 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
                     Error.PRECONDITION, f"collection {c.name!r} has no image embedder: upsert vectors instead"
                 )
             b = call_budget(context, "embedding the items' images")
-            vectors[image_slots] = self.s.images.embed(
-                images, size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
-            )
+            with span("embed"):
+                vectors[image_slots] = self.s.images.embed(
+                    images, size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
+                )
         prepared = c.prepare_vectors(vectors, "an item's vector")
         joint = c.prepare_joint(self.s.joint(c.settings.joint).project(vectors)) if c.settings.joint else None
-        upserted = c.upsert(
-            [i.id for i in request.items], prepared, [dict(i.payload) for i in request.items], joint
-        )
+        with span("write"):
+            upserted = c.upsert(
+                [i.id for i in request.items], prepared, [dict(i.payload) for i in request.items], joint
+            )
         return pb.UpsertResponse(upserted=upserted, count=len(c))
 
     @rpc_method

@@ -8,6 +8,7 @@ from server.errors import Error, fail, rpc_method
 from server.limits import check_word
 from server.servicers.common import call_budget
 from server.services import Services
+from server.tracing import span
 from server.wire import vector_to_pb
 
 
@@ -20,7 +21,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         which = request.WhichOneof("input")
         if which == "image":
             b = call_budget(context, "embedding the image")
-            vec = self.s.images.embed([request.image], deadline=b.deadline, cancelled=b.cancelled)[0]
+            with span("embed"):
+                vec = self.s.images.embed([request.image], deadline=b.deadline, cancelled=b.cancelled)[0]
             model = self.s.images.model_name
         elif which == "word":
             if not request.word.strip():

@@ -13,7 +13,8 @@ from server.limits import MAX_SENTENCE_CHARS, MAX_WORDS, check_count, check_resp
 from server.servicers.common import call_budget
 from server.services import Services
 from server.storage import Collection
-from server.storage.collection import payload_bytes
+from server.storage.collection import Hit, payload_bytes
+from server.tracing import span
 from server.wire import MAX_EFFORT, check_k, vector_from_pb, vector_to_pb
 
 
@@ -46,31 +47,49 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 "(e.g. conse:spacy) to search it with words or in SPACE_JOINT",
             )
         notes: list[str] = []
-        exclude = None
+        exclude = request.id if which == "id" else None  # "more like this": not its own neighbour
+        with span("embed" if which in ("image", "text") else "decode"):
+            query = self._query(c, request, which, joint, notes, context)
+        effort = min(request.effort, c.max_effort())
+        with span("search"):
+            hits = c.search(
+                query, k + (exclude is not None), joint=joint, effort=effort, exact=request.exact
+            )[0]
+        if exclude is not None:
+            hits = [h for h in hits if h.id != exclude][:k]
+        with span("encode"):
+            return self._response(c, request, hits, joint, notes)
+
+    def _query(
+        self,
+        c: Collection,
+        request: pb.SearchRequest,
+        which: str | None,
+        joint: bool,
+        notes: list[str],
+        context: grpc.ServicerContext,
+    ) -> np.ndarray:
         if which == "vector":
             raw = vector_from_pb(request.vector, "query vector")[None, :]
-            query = (
+            return (
                 self._project(c, raw, context, "query vector")
                 if joint
                 else c.prepare_vectors(raw, "query vector")
             )
-        elif which == "image":
+        if which == "image":
             features = self._embed_image(c, request.image, context)
-            query = (
+            return (
                 self._project(c, features, context, "query image") if joint else c.prepare_vectors(features)
             )
-        elif which == "id":
-            # "More like this": the item itself is not one of its own neighbours.
-            query = c.vector_of(request.id, joint=joint)[None, :]
-            exclude = request.id
-        elif which == "text":
-            query = self._text_query(c, request.text, notes)
-        else:
-            fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image`, `id` or `text`")
-        effort = min(request.effort, c.max_effort())
-        hits = c.search(query, k + (exclude is not None), joint=joint, effort=effort, exact=request.exact)[0]
-        if exclude is not None:
-            hits = [h for h in hits if h.id != exclude][:k]
+        if which == "id":
+            return c.vector_of(request.id, joint=joint)[None, :]
+        if which == "text":
+            return self._text_query(c, request.text, notes)
+        fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image`, `id` or `text`")
+
+    def _response(
+        self, c: Collection, request: pb.SearchRequest, hits: list[Hit], joint: bool, notes: list[str]
+    ) -> pb.SearchResponse:
         cosine = joint or c.settings.metric == "cosine"
         check_response_size(
             len(hits),

@@ -14,6 +14,7 @@ from server.errors import Error, fail, quote, rpc_method
 from server.limits import MAX_VOCABULARY, check_count, check_word
 from server.servicers.common import call_budget
 from server.services import Services
+from server.tracing import span
 from server.wire import check_k
 
 DEFAULT_JOINT = "conse:spacy"
@@ -30,9 +31,10 @@ class TagServicer(pb_grpc.TagServiceServicer):
         named = self._vocabulary(list(request.vocabulary), joint.text)
         b = call_budget(context, "embedding the image")
         size = joint.input_size or 224
-        vec = joint.project(
-            self.s.images.embed([request.image], size=size, deadline=b.deadline, cancelled=b.cancelled)
-        )
+        with span("embed"):
+            vec = joint.project(
+                self.s.images.embed([request.image], size=size, deadline=b.deadline, cancelled=b.cancelled)
+            )
         norm = float(np.linalg.norm(vec))
         vec = (vec / (norm or 1.0)).astype(np.float32)
         if named is None:

@@ -13,29 +13,43 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from visionsearch_client import _convert as cv
+from visionsearch_client._channel import PemSource, channel_options, credentials, sync_channel
 from visionsearch_client._convert import CollectionInfo, Hits, Item, StoredItem, VisionSearchError, WordHit
 
 T = TypeVar("T")
 
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
+__all__ = ["DEFAULT_MAX_MESSAGE", "Client", "channel_options"]
 
 
 class Client:
     """``Client("localhost:50051")``; every call takes ``timeout=`` seconds (a gRPC deadline) and raises
-    ``VisionSearchError`` with the server's status code and message on refusal."""
+    ``VisionSearchError`` with the server's status code and message on refusal.
+
+    On a network: ``Client("search.internal:50051", api_key="vs_...", root_certificates=Path("ca.pem"))``.
+    TLS is on when ``tls=True`` or any PEM is given (bytes or a path; without ``root_certificates`` the
+    system's roots verify the server); ``private_key`` with ``certificate_chain`` is a client certificate for
+    a server that requires one (mTLS). ``api_key`` is sent with every call as ``authorization: Bearer``."""
 
     def __init__(
-        self, target: str, *, timeout: float | None = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+        self,
+        target: str,
+        *,
+        timeout: float | None = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        root_certificates: PemSource = None,
+        private_key: PemSource = None,
+        certificate_chain: PemSource = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        creds = credentials(tls, root_certificates, private_key, certificate_chain)
+        opts = [*channel_options(max_message_bytes), *options]
+        self._channel = sync_channel(target, opts, creds, api_key)
+        self._server = pb_grpc.ServerServiceStub(self._channel)
         self._embed = pb_grpc.EmbedServiceStub(self._channel)
         self._search = pb_grpc.SearchServiceStub(self._channel)
         self._tag = pb_grpc.TagServiceStub(self._channel)
@@ -58,6 +72,10 @@ class Client:
             raise VisionSearchError.from_rpc_error(e) from None
 
     # ---------------------------------------------------------------- health
+
+    def server_info(self, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        """Version, limits, embedders, joint spaces and index kinds of the server (the proto message)."""
+        return self._call(self._server.GetServerInfo, pb.GetServerInfoRequest(), timeout)
 
     def healthy(self, service: str = "", timeout: float | None = None) -> bool:
         resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
