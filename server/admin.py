@@ -268,7 +268,8 @@ def _keys(args: argparse.Namespace) -> int:
     print(secret)
     scope = f", collections {','.join(collections)}" if collections else ""
     print(
-        f"added {args.name!r} ({args.role}{scope}); the key above is shown once and stored nowhere, only its hash",
+        f"added {args.name!r} ({args.role}{scope}); the key above is shown once and stored nowhere "
+        "(the file holds its hash)",
         file=sys.stderr,
     )
     return 0
