@@ -26,7 +26,18 @@ class VisionSearchError(Exception):
 
     @classmethod
     def from_rpc_error(cls, e: grpc.RpcError) -> VisionSearchError:
-        return cls(e.code(), e.details() or "")
+        details = e.details() or ""
+        low = details.lower()
+        if e.code() == grpc.StatusCode.UNAVAILABLE and any(w in low for w in _TLS_WORDS):
+            details += (
+                " (the TLS handshake failed: check that the server's certificate is valid for this address "
+                "and signed by a CA in root_certificates, and, if the server requires client certificates, "
+                "pass private_key and certificate_chain)"
+            )
+        return cls(e.code(), details)
+
+
+_TLS_WORDS = ("handshake", "ssl", "tls", "certificate", "verification")
 
 
 @dataclass(frozen=True)
