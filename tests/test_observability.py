@@ -21,7 +21,7 @@ from visionsearch_client import Client, Item, VisionSearchError
 from server.app import Running, create_server
 from server.config import Config
 from server.services import Services
-from tests.conftest import LION
+from tests.conftest import LION, ROOT
 
 
 @pytest.fixture
@@ -49,6 +49,7 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(body):
+        out.setdefault(family.name, {})  # a family with no samples yet (no damaged collection) still counts
         for sample in family.samples:
             out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return out
@@ -122,3 +123,22 @@ def test_spans_for_the_stages_of_a_call(observed: Running, spans: InMemorySpanEx
         assert child.parent is not None and child.parent.span_id == parent.context.span_id, stage
         assert child.context.trace_id == parent.context.trace_id
         assert parent.start_time <= child.start_time <= child.end_time <= parent.end_time
+
+
+def test_the_grafana_dashboard_plots_only_metrics_the_server_exports(observed: Running) -> None:
+    import json
+    import re
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {
+        re.sub(r"_(bucket|sum|count|total)$", "", n)
+        for e in exprs
+        for n in re.findall(r"visionsearch_\w+", e)
+    }
+    with Client(f"127.0.0.1:{observed.port}") as c:
+        c.create_collection("g", dim=2)
+        c.search("g", vector=[1, 0], k=1)
+        c.embed_image(LION.read_bytes())
+    exported = {re.sub(r"_(bucket|sum|count|total|created)$", "", n) for n in scrape(observed.metrics_port)}
+    assert used and used <= exported, used - exported

@@ -445,3 +445,48 @@ def test_server_info_names_the_limits_and_offers(client: Client, services: Servi
     assert set(info.index_kinds) == {pb.INDEX_AUTO, pb.INDEX_EXACT, pb.INDEX_LSH, pb.INDEX_HNSW}
     assert not info.tls and not info.api_keys_required
     np.testing.assert_equal(info.limits.max_message_bytes, services.config.max_message_bytes)
+
+
+def test_keys_add_prints_the_key_once_and_stores_only_its_hash(
+    base_config: Config, services: Services, tmp_path: Path
+) -> None:
+    path = tmp_path / "keys.json"
+    cmd = [sys.executable, "-m", "server.admin", "keys", "add", str(path), "--name", "ci", "--role", "write"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    secret = out.stdout.strip()
+    assert secret.startswith("vs_") and len(secret.splitlines()) == 1
+    assert secret not in path.read_text() and path.stat().st_mode & 0o077 == 0
+    assert "shown once" in out.stderr
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "exists already" in again.stderr
+    with (
+        serving(base_config, services, tmp_path, api_keys=str(path)) as running,
+        Client(target(running), api_key=secret) as c,
+    ):
+        assert c.list_collections() == []
+        assert status_of(lambda: c.create_collection("x", dim=2)) == DENIED  # write is not admin
+
+
+def test_the_container_entrypoint_refuses_to_start_without_secrets(
+    tmp_path: Path, pki: dict[str, Pair], keys: tuple[Path, dict[str, str]]
+) -> None:
+    script = ROOT / "deploy" / "docker-entrypoint.sh"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONSEARCH_")}
+    out = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert (
+        "no TLS certificate or API key file was mounted" in out.stderr
+        and "VISIONSEARCH_INSECURE" in out.stderr
+    )
+    mounted = {
+        **env,
+        "VISIONSEARCH_TLS_CERT": str(pki["server"].cert),
+        "VISIONSEARCH_TLS_KEY": str(pki["server"].key),
+        "VISIONSEARCH_API_KEYS": str(keys[0]),
+        "VISIONSEARCH_PYTHON": sys.executable,
+    }
+    out = subprocess.run(
+        ["sh", str(script), "--help"], env=mounted, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "visionsearch-server" in out.stdout
