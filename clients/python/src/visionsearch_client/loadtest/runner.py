@@ -26,7 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
-from visionsearch_client.client import DEFAULT_MAX_MESSAGE, channel_options
+from visionsearch_client._channel import aio_channel, channel_options, credentials
+from visionsearch_client.client import DEFAULT_MAX_MESSAGE
 from visionsearch_client.loadtest import workload
 from visionsearch_client.loadtest.config import (
     COLLECTION_KINDS,
@@ -188,7 +189,8 @@ class Target:
     async def open(cls, config: LoadConfig) -> Target:
         # A missing native binary is reported before anything connects.
         native = NativeEngine.find() if config.engine == "native" else None
-        channel = grpc.aio.insecure_channel(config.address, options=channel_options(DEFAULT_MAX_MESSAGE))
+        creds = credentials(config.tls, config.root_certificates, None, None)
+        channel = aio_channel(config.address, channel_options(DEFAULT_MAX_MESSAGE), creds, config.api_key)
         try:
             info = await _preflight(channel, config)
             planned = await _prepare(channel, config, info)
