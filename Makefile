@@ -23,14 +23,14 @@ testdeps:
 # Long runs, not in CI: 200 kill -9 rounds of the crasher, a 2-minute storm of writes racing drops and
 # updates, then a 10-minute soak at 80% of the peak rate (bench/soak.py, results in bench/results/soak.json).
 soak: install testdeps
-	VISIONSEARCH_CRASHER_ROUNDS=200 $(PY) -m pytest -q -s tests/test_crasher.py
-	VISIONSEARCH_STORM_SECONDS=120 $(PY) -m pytest -q tests/test_races.py
+	VISIONSEARCH_CRASHER_ROUNDS=200 $(PY) -m pytest -q -s --timeout=0 tests/test_crasher.py
+	VISIONSEARCH_STORM_SECONDS=120 $(PY) -m pytest -q --timeout=0 tests/test_races.py
 	$(PY) bench/soak.py
 
 # The fuzz targets for 30 minutes each and the property tests at twenty times their CI size.
 fuzz: install testdeps
-	VISIONSEARCH_FUZZ_SECONDS=1800 $(PY) -m pytest -q -s tests/test_fuzz.py
-	VISIONSEARCH_HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_properties.py
+	VISIONSEARCH_FUZZ_SECONDS=1800 $(PY) -m pytest -q -s --timeout=0 tests/test_fuzz.py
+	VISIONSEARCH_HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout=0 tests/test_properties.py
 
 lint:
 	$(VENV)/bin/ruff check .
