@@ -10,6 +10,8 @@ from __future__ import annotations
 from server.errors import Error, fail, quote
 
 MAX_IDS = 10_000  # ids in one GetItems or Delete
+MAX_SCROLL = 1_000  # items in one Scroll page
+MAX_BATCH_SEARCHES = 1_024  # searches in one SearchBatch
 MAX_ITEMS = 10_000  # items in one Upsert
 MAX_WORDS = 256  # words in one text query
 MAX_SENTENCE_CHARS = 2_000  # a sentence query (MiniLM reads its first 256 word pieces in any case)

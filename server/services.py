@@ -18,6 +18,7 @@ from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
 from server.aio import INLINE_SCAN
 from server.config import Config
+from server.cursors import Cursors
 from server.errors import Error, fail
 from server.health import CollectionHealth
 from server.storage import CollectionStore
@@ -35,8 +36,12 @@ class Services:
     joints: JointRegistry
     # Set by create_server once the health service exists.
     collection_health: CollectionHealth | None = None
+    cursors: Cursors = field(init=False)
     _vocab_indexes: dict[str, tuple[list[str], ExactIndex]] = field(default_factory=dict)
     _vocab_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.cursors = Cursors(self.config.data_dir)
 
     @classmethod
     def start(cls, config: Config) -> Services:

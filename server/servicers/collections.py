@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import grpc
 import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
@@ -8,9 +11,17 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 from embedder.image import input_size
 from kernels.hnsw import HNSW_DEFAULTS
 from server.errors import Error, fail, quote, rpc_method
+from server.filters import (
+    TYPE_ENUMS,
+    check_types,
+    compile_filter,
+    indexes_from_pb,
+    payload_from_pb,
+    split_payload,
+)
 from server.handlers import current_key
-from server.limits import MAX_IDS, MAX_ITEMS, check_batch_memory, check_count, check_response_size
-from server.servicers.common import call_budget
+from server.limits import MAX_IDS, MAX_ITEMS, MAX_SCROLL, check_batch_memory, check_count, check_response_size
+from server.servicers.common import call_budget, passing
 from server.services import Services
 from server.storage import Collection, CollectionSettings
 from server.storage.collection import validate_id
@@ -37,7 +48,16 @@ def _config(st: CollectionSettings) -> pb.CollectionConfig:
         index=INDEX_ENUMS[st.index],
         recall_target=st.recall_target,
         hnsw=pb.HnswConfig(connectivity=st.hnsw_connectivity, expansion_add=st.hnsw_expansion_add),
+        payload_indexes=[pb.PayloadIndex(key=k, type=TYPE_ENUMS[t]) for k, t in st.payload_indexes],
     )
+
+
+def item_pb(item_id: str, payload: dict[str, Any], vector: np.ndarray | None) -> pb.Item:
+    strings, typed = split_payload(payload)
+    item = pb.Item(id=item_id, payload=strings, fields=typed)
+    if vector is not None:
+        item.vector.CopyFrom(vector_to_pb(vector))
+    return item
 
 
 def collection_info(c: Collection) -> pb.CollectionInfo:
@@ -49,6 +69,7 @@ def collection_info(c: Collection) -> pb.CollectionInfo:
         index_in_use=c.index_in_use(),
         state=pb.COLLECTION_STATE_READY,
         state_reason="; ".join(c.notes)[:1000],
+        filter_planning=c.filter_planning(),
     )
 
 
@@ -84,6 +105,8 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             recall_target=recall_target(cfg.recall_target),
             hnsw_connectivity=cfg.hnsw.connectivity or HNSW_DEFAULTS.connectivity,
             hnsw_expansion_add=cfg.hnsw.expansion_add or HNSW_DEFAULTS.expansion_add,
+            payload_indexes=tuple(indexes_from_pb(cfg.payload_indexes).items()),
+            uid=uuid.uuid4().hex,
         )
         if cfg.joint.startswith("head:") and cfg.embedder:
             # A head maps features of one input size; the collection must embed its images at that size.
@@ -134,9 +157,46 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     def UpdateCollection(
         self, request: pb.UpdateCollectionRequest, context: grpc.ServicerContext
     ) -> pb.CollectionInfo:
-        changes = {"index": index_name(request.index), "recall_target": recall_target(request.recall_target)}
-        c = self.s.store.update(request.name, changes)
-        return collection_info(c)
+        if request.HasField("update_mask"):
+            changes = self._masked_changes(request)
+        else:
+            # Without a mask, the two original fields; unset (0) means unchanged.
+            changes = {}
+            if request.index != pb.INDEX_UNSPECIFIED:
+                changes["index"] = index_name(request.index)
+            if request.recall_target:
+                changes["recall_target"] = recall_target(request.recall_target)
+        return collection_info(self.s.store.update(request.name, changes))
+
+    @staticmethod
+    def _masked_changes(request: pb.UpdateCollectionRequest) -> dict[str, object]:
+        cfg = request.config
+        changes: dict[str, object] = {}
+        for path in request.update_mask.paths:
+            if path == "recall_target":
+                changes["recall_target"] = recall_target(cfg.recall_target)
+            elif path == "index":
+                changes["index"] = index_name(cfg.index)
+            elif path == "hnsw.connectivity":
+                changes["hnsw_connectivity"] = cfg.hnsw.connectivity or HNSW_DEFAULTS.connectivity
+            elif path == "hnsw.expansion_add":
+                changes["hnsw_expansion_add"] = cfg.hnsw.expansion_add or HNSW_DEFAULTS.expansion_add
+            elif path == "hnsw":
+                changes["hnsw_connectivity"] = cfg.hnsw.connectivity or HNSW_DEFAULTS.connectivity
+                changes["hnsw_expansion_add"] = cfg.hnsw.expansion_add or HNSW_DEFAULTS.expansion_add
+            elif path == "payload_indexes":
+                changes["payload_indexes"] = tuple(indexes_from_pb(cfg.payload_indexes).items())
+            elif path in ("name", "dim", "metric", "embedder", "joint"):
+                fail(Error.BAD_REQUEST, f"update_mask: {path!r} cannot change: create a new collection")
+            else:
+                fail(
+                    Error.BAD_REQUEST,
+                    f"update_mask names {quote(path, 60)}, not a field UpdateCollection can change "
+                    "(recall_target, payload_indexes, index, hnsw.connectivity, hnsw.expansion_add)",
+                )
+        if not request.update_mask.paths:
+            fail(Error.BAD_REQUEST, "update_mask is empty: name the fields of `config` to change")
+        return changes
 
     @rpc_method
     def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext) -> pb.UpsertResponse:
@@ -145,10 +205,16 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             fail(Error.BAD_REQUEST, "UpsertRequest has no items")
         check_count("UpsertRequest.items", len(request.items), MAX_ITEMS, "split it into several calls")
         check_batch_memory(len(request.items), c.settings.dim)
+        payloads = []
+        indexed = c.settings.indexed
         for n, item in enumerate(request.items):
             if item.WhichOneof("data") is None:
                 fail(Error.BAD_REQUEST, f"item {n} ({quote(item.id, 40)}) has neither a vector nor an image")
             validate_id(item.id, f"item {n}")
+            where = f"item {n} ({quote(item.id, 40)})"
+            payload = payload_from_pb(item.payload, item.fields, where)
+            check_types(payload, indexed, where)
+            payloads.append(payload)
         vectors = np.empty((len(request.items), c.settings.dim), np.float32)
         image_slots: list[int] = []
         images: list[bytes] = []
@@ -179,16 +245,19 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         prepared = c.prepare_vectors(vectors, "an item's vector")
         joint = c.prepare_joint(self.s.joint(c.settings.joint).project(vectors)) if c.settings.joint else None
         with span("write"):
-            upserted = c.upsert(
-                [i.id for i in request.items], prepared, [dict(i.payload) for i in request.items], joint
-            )
+            upserted = c.upsert([i.id for i in request.items], prepared, payloads, joint)
         return pb.UpsertResponse(upserted=upserted, count=len(c))
 
     @rpc_method
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         c = self.s.store.get(request.collection)
         check_count("DeleteRequest.ids", len(request.ids), MAX_IDS, "split it into several calls")
-        deleted = c.delete(list(request.ids))
+        if request.HasField("filter"):
+            if request.ids:
+                fail(Error.BAD_REQUEST, "DeleteRequest has both ids and a filter: give one or the other")
+            deleted = c.delete_where(compile_filter(request.filter, c.settings.indexed, c.rows_for_ids))
+        else:
+            deleted = c.delete(list(request.ids))
         return pb.DeleteResponse(deleted=deleted, count=len(c))
 
     @rpc_method
@@ -204,13 +273,58 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             self.s.config.max_message_bytes,
             "ask for fewer ids per call" + (", or without vectors" if request.with_vector else ""),
         )
-        resp = pb.GetItemsResponse()
-        for item_id, payload, vector in c.get(ids, with_vectors=request.with_vector):
-            item = resp.items.add(id=item_id, payload=payload)
-            if vector is not None:
-                item.vector.CopyFrom(vector_to_pb(vector))
-        return resp
+        items = [item_pb(*found) for found in c.get(ids, with_vectors=request.with_vector)]
+        return pb.GetItemsResponse(items=items)
 
     @rpc_method
     def Count(self, request: pb.CountRequest, context: grpc.ServicerContext) -> pb.CountResponse:
-        return pb.CountResponse(count=len(self.s.store.get(request.collection)))
+        c = self.s.store.get(request.collection)
+        if request.HasField("filter"):
+            return pb.CountResponse(count=len(passing(c, request.filter)))
+        return pb.CountResponse(count=len(c))
+
+    @rpc_method
+    def Scroll(self, request: pb.ScrollRequest, context: grpc.ServicerContext) -> pb.ScrollResponse:
+        c = self.s.store.get(request.collection)
+        limit = request.limit or 100
+        if not 1 <= limit <= MAX_SCROLL:
+            fail(Error.BAD_REQUEST, f"limit must be 1..{MAX_SCROLL} (0 means 100), got {request.limit}")
+        after = self.s.cursors.read(request.cursor, c.name, c.settings.uid) if request.cursor else None
+        allowed = passing(c, request.filter) if request.HasField("filter") else None
+        check_response_size(
+            limit, c.settings.dim * 4 if request.with_vector else 0, 0, self.s.config.max_message_bytes,
+            "ask for a smaller limit, or without vectors",
+        )  # fmt: skip
+        found, last = c.scroll(after, limit, allowed, request.with_vector)
+        items = [item_pb(i, {} if request.without_payload else p, v) for i, p, v in found]
+        cursor = self.s.cursors.make(c.name, c.settings.uid, last) if last is not None else ""
+        return pb.ScrollResponse(items=items, next_cursor=cursor)
+
+    @rpc_method
+    def SetPayload(
+        self, request: pb.SetPayloadRequest, context: grpc.ServicerContext
+    ) -> pb.SetPayloadResponse:
+        c = self.s.store.get(request.collection)
+        ids = self._payload_ids(request.ids, "SetPayloadRequest")
+        changes = payload_from_pb(request.payload, request.fields, "SetPayloadRequest")
+        if not changes:
+            fail(Error.BAD_REQUEST, "SetPayloadRequest sets nothing: give payload or fields")
+        check_types(changes, c.settings.indexed, "SetPayloadRequest")
+        return pb.SetPayloadResponse(updated=c.set_payload(ids, changes))
+
+    @rpc_method
+    def DeletePayloadKeys(
+        self, request: pb.DeletePayloadKeysRequest, context: grpc.ServicerContext
+    ) -> pb.DeletePayloadKeysResponse:
+        c = self.s.store.get(request.collection)
+        ids = self._payload_ids(request.ids, "DeletePayloadKeysRequest")
+        if not request.keys:
+            fail(Error.BAD_REQUEST, "DeletePayloadKeysRequest names no keys")
+        return pb.DeletePayloadKeysResponse(updated=c.delete_payload_keys(ids, list(request.keys)))
+
+    @staticmethod
+    def _payload_ids(ids: Any, what: str) -> list[str]:
+        if not ids:
+            fail(Error.BAD_REQUEST, f"{what} names no ids")
+        check_count(f"{what}.ids", len(ids), MAX_IDS, "split it into several calls")
+        return list(ids)

@@ -90,6 +90,11 @@ class AnnManager:
         self.build_done = threading.Event()
         self.build_done.set()
 
+    def set_recall_target(self, recall_target: float) -> None:
+        """A new target, met from the next index choice (the collection's next doubling, or its next open)."""
+        self.recall_target = recall_target
+        self._tune_target = recall_target + min(0.01, (1.0 - recall_target) / 2)
+
     @property
     def in_use(self) -> str:
         return self._choice.in_use

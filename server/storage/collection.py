@@ -11,15 +11,20 @@ import logging
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pyroaring import BitMap
+from sortedcontainers import SortedList
 
 from embedder.naming import unknown_joint
 from kernels import ExactIndex, has_nonfinite, row_norms
 from kernels.hnsw import HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
+from kernels.payload_index import FIELD_TYPES, Node, PayloadIndex, rows_of
+from kernels.payload_index import build as build_payload_index
+from kernels.topk import topk_rows
 from server.errors import Error, fail, quote
 from server.storage import snapshot
 from server.storage.ann import INDEX_KINDS, AnnManager
@@ -48,11 +53,21 @@ class CollectionSettings:
     # HNSW graph settings (M, ef_construction), used whenever the index is or becomes HNSW.
     hnsw_connectivity: int = HNSW_DEFAULTS.connectivity
     hnsw_expansion_add: int = HNSW_DEFAULTS.expansion_add
+    # Payload fields indexed for filters: (key, type) pairs, type one of kernels.payload_index.FIELD_TYPES.
+    payload_indexes: tuple[tuple[str, str], ...] = ()
+    # Set at creation: tells this collection from an earlier one of the same name (scroll cursors).
+    uid: str = ""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CollectionSettings:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        values = {k: v for k, v in raw.items() if k in known}
+        values["payload_indexes"] = tuple((str(k), str(t)) for k, t in values.get("payload_indexes", ()))
+        return cls(**values)
+
+    @property
+    def indexed(self) -> dict[str, str]:
+        return dict(self.payload_indexes)
 
     @property
     def hnsw(self) -> HNSWParams:
@@ -80,6 +95,18 @@ class CollectionSettings:
                 Error.BAD_REQUEST,
                 f"hnsw expansion_add (ef_construction) must be in {lo}..{hi}, got {self.hnsw_expansion_add}",
             )
+        if len(self.payload_indexes) > 64:
+            fail(Error.BAD_REQUEST, f"{len(self.payload_indexes)} payload indexes: at most 64")
+        seen = set()
+        for key, kind in self.payload_indexes:
+            if not 1 <= len(key) <= 64 or key in seen:
+                fail(Error.BAD_REQUEST, f"payload index key {quote(key, 40)} must be 1-64 characters, once")
+            if kind not in FIELD_TYPES:
+                fail(
+                    Error.BAD_REQUEST,
+                    f"payload index {quote(key, 40)}: type {quote(kind)} is not {FIELD_TYPES}",
+                )
+            seen.add(key)
         if self.metric not in METRICS:
             fail(Error.BAD_REQUEST, f"metric {quote(self.metric)} is not one of {', '.join(METRICS)}")
         if self.embedder and self.embedder not in known_embedders:
@@ -105,6 +132,31 @@ class CollectionSettings:
             )
 
 
+# A filtered search scans the passing items exactly while that costs at most this many multiply-adds
+# (about a millisecond on one core); above, it asks the approximate index for more candidates than k.
+EXACT_FILTER_BUDGET = 4_000_000
+SCROLL_SCAN = 100_000
+MAX_OVERFETCH = 4096
+
+
+def plan_filtered(passing: int, live: int, dim: int, k: int, *, approximate: bool) -> str:
+    """ "exact" (scan the passing rows) or "ann" (widen the approximate index's candidates)."""
+    if not approximate or passing * dim <= EXACT_FILTER_BUDGET or passing <= 4 * k:
+        return "exact"
+    return "ann"
+
+
+def describe_planning(live: int, dim: int, in_use: str) -> str:
+    cutoff = EXACT_FILTER_BUDGET // max(dim, 1)
+    if in_use == "exact":
+        return f"exact index: a filtered search scans exactly the items that pass (of {live:,})"
+    return (
+        f"up to {cutoff:,} passing items: an exact scan of them; more: {in_use} asked for about "
+        f"k / (share passing) x 1.5 candidates, widened x4 until k pass, up to {MAX_OVERFETCH:,}, "
+        "then an exact scan"
+    )
+
+
 @dataclass(frozen=True)
 class Hit:
     id: str
@@ -119,13 +171,27 @@ class _View:
     joint: ExactIndex | None  # same rows as ``index``
     ann: AnnManager  # approximate search over ``index``'s rows
     row_ids: list[str]  # append-only; a cleared row keeps its old id
-    payloads: list[dict[str, str]]
+    payloads: list[dict[str, Any]]  # a row's payload is replaced whole, never changed in place
+    filters: PayloadIndex  # the indexed payload fields of the live rows
+    sorted_ids: SortedList  # the live ids in order, for Scroll
 
 
 def validate_id(item_id: str, where: str = "") -> None:
     if not item_id or len(item_id.encode("utf8")) > MAX_ID_BYTES:
         at = f"{where}: " if where else ""
         fail(Error.BAD_REQUEST, f"{at}item id {quote(item_id, 40)} must be 1-{MAX_ID_BYTES} bytes of UTF-8")
+
+
+def fits(value: Any, kind: str) -> bool:
+    """Whether a payload value (or every element of a list) has a field type."""
+    values = value if isinstance(value, list) else [value]
+    if kind == "keyword":
+        return all(isinstance(x, str) for x in values)
+    if kind == "integer":
+        return all(isinstance(x, int) and not isinstance(x, bool) for x in values)
+    if kind == "float":
+        return all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+    return isinstance(value, bool)
 
 
 def payload_bytes(payload: dict[str, Any]) -> int:
@@ -277,10 +343,19 @@ class Collection:
         return self._view.ann.max_effort()
 
     def search(
-        self, queries: np.ndarray, k: int, *, joint: bool = False, effort: int = 0, exact: bool = False
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        joint: bool = False,
+        effort: int = 0,
+        exact: bool = False,
+        allowed: BitMap | None = None,
+        notes: list[str] | None = None,
     ) -> list[list[Hit]]:
-        """Best k items per query, in the image space or (``joint=True``) the joint space. ``queries`` are
-        prepared by ``prepare_vectors`` or ``prepare_joint``."""
+        """Best k items per query, in the image space or (``joint=True``) the joint space, among the rows of
+        ``allowed`` when given (``filter_rows``). ``queries`` are prepared by ``prepare_vectors`` or
+        ``prepare_joint``. The plan a filtered search ran is added to ``notes``."""
         view = self._view
         index = view.index
         if joint:
@@ -291,6 +366,13 @@ class Collection:
                     "(e.g. conse:spacy) to search it with words",
                 )
             index = view.joint
+        if allowed is not None:
+            approximate = not joint and not exact and view.ann.in_use != "exact"
+            plan = plan_filtered(len(allowed), len(index), index.dim, k, approximate=approximate)
+            scores, rows, note = self._search_filtered(view, index, queries, k, allowed, plan, effort)
+            if notes is not None:
+                notes.append(note)
+        elif joint:
             scores, rows = index.search(queries, k)
         else:
             scores, rows = view.ann.search(index, queries, k, effort=effort, exact=exact)
@@ -298,6 +380,92 @@ class Collection:
             [Hit(view.row_ids[r], float(s), view.payloads[r], int(r)) for s, r in zip(qs, qr, strict=True)]
             for qs, qr in zip(scores, rows, strict=True)
         ]
+
+    def scroll(
+        self, after: str | None, limit: int, allowed: BitMap | None, with_vectors: bool
+    ) -> tuple[list[tuple[str, dict[str, Any], np.ndarray | None]], str | None]:
+        """Up to ``limit`` items after id ``after`` in id order (passing ``allowed``), and the id to continue
+        after (None at the end). With a filter that passes few items a page may hold fewer than ``limit``:
+        at most ``SCROLL_SCAN`` ids are looked at per page, so a page never holds writers up for long."""
+        picked: list[tuple[str, int]] = []
+        last: str | None = None
+        with self._lock:
+            view = self._view
+            ids = view.sorted_ids
+            start = ids.bisect_right(after) if after is not None else 0
+            stop = min(len(ids), start + SCROLL_SCAN)
+            for item_id in ids.islice(start, stop):
+                last = item_id
+                row = self._rows[item_id]
+                if allowed is None or row in allowed:
+                    picked.append((item_id, row))
+                    if len(picked) == limit:
+                        break
+            done = last is None or (len(picked) < limit and stop == len(ids)) or ids[-1] == last
+        out = [(i, view.payloads[r], view.index.vector(r) if with_vectors else None) for i, r in picked]
+        return out, None if done else last
+
+    def count_where(self, allowed: BitMap) -> int:
+        return len(allowed)
+
+    def filter_rows(self, node: Node) -> BitMap:
+        """The live rows that pass a filter (``server.filters.compile_filter``)."""
+        return self._view.filters.evaluate(node)
+
+    def rows_for_ids(self, ids: list[str]) -> tuple[int, ...]:
+        rows = self._rows
+        return tuple(r for i in ids if (r := rows.get(i)) is not None)
+
+    def filter_planning(self) -> str:
+        view = self._view
+        return describe_planning(len(view.index), self.settings.dim, view.ann.in_use)
+
+    def _search_filtered(
+        self,
+        view: _View,
+        index: ExactIndex,
+        queries: np.ndarray,
+        k: int,
+        allowed: BitMap,
+        plan: str,
+        effort: int,
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        passing, live = len(allowed), len(index)
+        share = f"{passing:,} of {live:,} items pass the filter ({passing / max(live, 1):.1%})"
+        if passing == 0:
+            m = len(queries)
+            return np.empty((m, 0), np.float32), np.empty((m, 0), np.int64), f"{share}: no hits"
+        st = index._state  # captured after the filter: every row it names exists here
+        if plan == "exact":
+            scores, rows = topk_rows(st.vectors, rows_of(allowed), queries, k)
+            return scores, rows, f"{share}: exact scan of those"
+        # The approximate index, asked for more candidates than k (about k / share, widened x4 until k pass).
+        want = min(passing, k)
+        depth = min(MAX_OVERFETCH, max(4 * k, int(k * live / passing * 1.5) + 16))
+        out_s = np.full((len(queries), want), -np.inf, np.float32)
+        out_r = np.full((len(queries), want), -1, np.int64)
+        todo = np.arange(len(queries))
+        tried = []
+        while len(todo):
+            tried.append(depth)
+            # HNSW searches with ef >= depth on its own; LSH keeps its tuned probes and re-ranks more rows.
+            scores, rows = view.ann.search(index, queries[todo], depth, effort=effort)
+            still = []
+            for j, (qs, qr) in enumerate(zip(scores, rows, strict=True)):
+                keep = [(s, r) for s, r in zip(qs, qr, strict=True) if r >= 0 and int(r) in allowed][:want]
+                if len(keep) == want:
+                    out_s[todo[j]] = [s for s, _ in keep]
+                    out_r[todo[j]] = [r for _, r in keep]
+                else:
+                    still.append(todo[j])
+            todo = np.asarray(still, np.int64)
+            if len(todo) and depth >= MAX_OVERFETCH:
+                scores, rows = topk_rows(st.vectors, rows_of(allowed), queries[todo], k)
+                out_s[todo], out_r[todo] = scores[:, :want], rows[:, :want]
+                widened = " -> ".join(map(str, tried))
+                return out_s, out_r, f"{share}: {view.ann.in_use} candidates {widened}, then an exact scan"
+            depth = min(MAX_OVERFETCH, depth * 4)
+        return out_s, out_r, f"{share}: {view.ann.in_use} with {' -> '.join(map(str, tried))} candidates"
 
     def vector_of_row(self, row: int) -> np.ndarray:
         return self._view.index.vector(row)
@@ -409,6 +577,59 @@ class Collection:
             self._maybe_snapshot()
             return len(present)
 
+    def delete_where(self, node: Node) -> int:
+        """Delete every item that passes a filter, as one logged record."""
+        with self._lock:
+            self._check_open()
+            view = self._view
+            ids = [view.row_ids[r] for r in rows_of(view.filters.evaluate(node))]
+        return self.delete(ids) if ids else 0
+
+    def set_payload(self, ids: list[str], changes: dict[str, Any]) -> int:
+        """Set payload keys of stored items (others stay); durable when it returns."""
+        return self._change_payloads({"op": "set_payload", "payload": changes}, ids)
+
+    def delete_payload_keys(self, ids: list[str], keys: list[str]) -> int:
+        return self._change_payloads({"op": "delete_payload_keys", "keys": keys}, ids)
+
+    def _change_payloads(self, record: dict[str, Any], ids: list[str]) -> int:
+        with self._lock:
+            self._check_open()
+            present = [i for i in dict.fromkeys(ids) if i in self._rows]
+            if not present:
+                return 0
+            record["ids"] = present
+            self._append(record)
+            self._apply(record)
+            self._maybe_snapshot()
+            return len(present)
+
+    def reconfigure(self, settings: CollectionSettings) -> None:
+        """Settings that change in place: the recall target (used from the next index choice) and the payload
+        indexes (built from the stored payloads). Refused when a stored value does not fit a new index."""
+        with self._lock:
+            self._check_open()
+            view = self._view
+            added = {k: t for k, t in settings.payload_indexes if self.settings.indexed.get(k) != t}
+            for row in view.index.live_rows():
+                payload = view.payloads[row]
+                for key, kind in added.items():
+                    if key in payload and not fits(payload[key], kind):
+                        fail(
+                            Error.PRECONDITION,
+                            f"payload key {quote(key, 40)} of item {quote(view.row_ids[row], 40)} holds "
+                            f"{quote(payload[key], 40)}, not a {kind}: fix or delete such items, "
+                            "or index the key with another type",
+                        )
+            snapshot.write_atomic(self.folder / "config.json", config_bytes(asdict(settings)))
+            self.settings = settings
+            live = view.index.live_rows()
+            self._view = replace(
+                view,
+                filters=build_payload_index(settings.indexed, ((int(r), view.payloads[r]) for r in live)),
+            )
+            view.ann.set_recall_target(settings.recall_target)
+
     # ------------------------------------------------------------------ internals
 
     def _build_view(
@@ -424,7 +645,8 @@ class Collection:
         self._rows = {item_id: n for n, item_id in enumerate(ids)}
         st = self.settings
         ann = AnnManager(st.index, st.recall_target, st.name, st.hnsw, self._lock)
-        return _View(index, joint_index, ann, list(ids), list(payloads))
+        filters = build_payload_index(st.indexed, enumerate(payloads))
+        return _View(index, joint_index, ann, list(ids), list(payloads), filters, SortedList(ids))
 
     def _apply(self, record: dict[str, Any]) -> None:
         view = self._view
@@ -441,20 +663,38 @@ class Collection:
                 )
                 view.joint.add(joint)
             rows = view.index.add(vectors)
-            for item_id, row in zip(ids, rows, strict=True):
-                self._rows[item_id] = int(row)
-            view.ann.on_add(view.index, rows)
             if replaced:
                 self._remove_rows(view, replaced)
+            for item_id, row, payload in zip(ids, rows, record["payloads"], strict=True):
+                if item_id not in self._rows:
+                    view.sorted_ids.add(item_id)
+                self._rows[item_id] = int(row)
+                # After the vector rows exist: a filter never names a row a search cannot read.
+                view.filters.add(int(row), payload)
+            view.ann.on_add(view.index, rows)
         elif record["op"] == "delete":
             gone = [self._rows.pop(i) for i in record["ids"] if i in self._rows]
+            for i in record["ids"]:
+                view.sorted_ids.discard(i)
             if gone:
                 self._remove_rows(view, gone)
+        elif record["op"] in ("set_payload", "delete_payload_keys"):
+            changes, drop = record.get("payload", {}), set(record.get("keys", ()))
+            for i in record["ids"]:
+                row = self._rows.get(i)
+                if row is None:
+                    continue
+                old = view.payloads[row]
+                new = {k: v for k, v in old.items() if k not in drop} | changes
+                view.payloads[row] = new  # replaced whole: a reader sees the old payload or the new one
+                view.filters.replace(row, old, new)
         else:
             raise ValueError(f"unknown log record {record['op']!r}")
 
     @staticmethod
     def _remove_rows(view: _View, rows: list[int]) -> None:
+        for row in rows:
+            view.filters.remove(row, view.payloads[row])
         arr = np.array(rows, dtype=np.int64)
         view.index.remove(arr)
         view.ann.on_remove(arr)

@@ -25,6 +25,10 @@ from server.storage.snapshot import write_atomic
 log = logging.getLogger("visionsearch.store")
 
 
+# Settings that only an empty collection may change: re-indexing in place would stall its writers.
+STRUCTURAL = ("index", "hnsw_connectivity", "hnsw_expansion_add")
+
+
 @dataclass(frozen=True)
 class Damaged:
     name: str
@@ -124,13 +128,18 @@ class CollectionStore:
             settings = dataclasses.replace(c.settings, **changes)  # type: ignore[arg-type]
             if settings == c.settings:
                 return c
+            settings.validate(self._known_embedders, self._known_joints())
+            structural = [k for k in STRUCTURAL if getattr(settings, k) != getattr(c.settings, k)]
+            if not structural:
+                c.reconfigure(settings)  # the recall target and payload indexes change in place
+                return c
             if len(c):
                 fail(
                     Error.PRECONDITION,
-                    f"collection {name!r} holds {len(c)} items: its index can only change while it is empty; "
-                    "create a new collection with the index you want and copy the items into it",
+                    f"collection {name!r} holds {len(c)} items: its index ({', '.join(structural)}) can only "
+                    "change while it is empty; create a new collection with the index you want and copy the "
+                    "items into it",
                 )
-            settings.validate(self._known_embedders, self._known_joints())
             c.close(reason="reconfigured by UpdateCollection")
             write_atomic(c.folder / "config.json", config_bytes(dataclasses.asdict(settings)))
             again = Collection.open(c.folder, **self._kw)

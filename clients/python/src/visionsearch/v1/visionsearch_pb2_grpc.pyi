@@ -82,6 +82,8 @@ class SearchServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SearchServiceAsyncStub: ...
     Search: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchRequest, _visionsearch_pb2.SearchResponse]
     """Items of a collection nearest to an image, a vector or a stored item."""
+    SearchBatch: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchBatchRequest, _visionsearch_pb2.SearchBatchResponse]
+    Recommend: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.RecommendRequest, _visionsearch_pb2.SearchResponse]
     NearestWords: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.NearestWordsRequest, _visionsearch_pb2.NearestWordsResponse]
     """Words of the word-vector vocabulary nearest to a word (the query word comes first)."""
 
@@ -90,6 +92,8 @@ class SearchServiceAsyncStub(SearchServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Search: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchRequest, _visionsearch_pb2.SearchResponse]  # type: ignore[assignment]
     """Items of a collection nearest to an image, a vector or a stored item."""
+    SearchBatch: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchBatchRequest, _visionsearch_pb2.SearchBatchResponse]  # type: ignore[assignment]
+    Recommend: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.RecommendRequest, _visionsearch_pb2.SearchResponse]  # type: ignore[assignment]
     NearestWords: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.NearestWordsRequest, _visionsearch_pb2.NearestWordsResponse]  # type: ignore[assignment]
     """Words of the word-vector vocabulary nearest to a word (the query word comes first)."""
 
@@ -101,6 +105,20 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_visionsearch_pb2.SearchResponse, _abc.Awaitable[_visionsearch_pb2.SearchResponse]]:
         """Items of a collection nearest to an image, a vector or a stored item."""
+
+    @_abc_1.abstractmethod
+    def SearchBatch(
+        self,
+        request: _visionsearch_pb2.SearchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.SearchBatchResponse, _abc.Awaitable[_visionsearch_pb2.SearchBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Recommend(
+        self,
+        request: _visionsearch_pb2.RecommendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.SearchResponse, _abc.Awaitable[_visionsearch_pb2.SearchResponse]]: ...
 
     @_abc_1.abstractmethod
     def NearestWords(
@@ -151,6 +169,9 @@ class CollectionServiceStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.DeleteRequest, _visionsearch_pb2.DeleteResponse]
     GetItems: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.GetItemsRequest, _visionsearch_pb2.GetItemsResponse]
     Count: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.CountRequest, _visionsearch_pb2.CountResponse]
+    Scroll: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.ScrollRequest, _visionsearch_pb2.ScrollResponse]
+    SetPayload: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.SetPayloadRequest, _visionsearch_pb2.SetPayloadResponse]
+    DeletePayloadKeys: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.DeletePayloadKeysRequest, _visionsearch_pb2.DeletePayloadKeysResponse]
 
 @_typing.type_check_only
 class CollectionServiceAsyncStub(CollectionServiceStub):
@@ -164,6 +185,9 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     Delete: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.DeleteRequest, _visionsearch_pb2.DeleteResponse]  # type: ignore[assignment]
     GetItems: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.GetItemsRequest, _visionsearch_pb2.GetItemsResponse]  # type: ignore[assignment]
     Count: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.CountRequest, _visionsearch_pb2.CountResponse]  # type: ignore[assignment]
+    Scroll: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.ScrollRequest, _visionsearch_pb2.ScrollResponse]  # type: ignore[assignment]
+    SetPayload: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.SetPayloadRequest, _visionsearch_pb2.SetPayloadResponse]  # type: ignore[assignment]
+    DeletePayloadKeys: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.DeletePayloadKeysRequest, _visionsearch_pb2.DeletePayloadKeysResponse]  # type: ignore[assignment]
 
 class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -228,6 +252,27 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _visionsearch_pb2.CountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_visionsearch_pb2.CountResponse, _abc.Awaitable[_visionsearch_pb2.CountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Scroll(
+        self,
+        request: _visionsearch_pb2.ScrollRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.ScrollResponse, _abc.Awaitable[_visionsearch_pb2.ScrollResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPayload(
+        self,
+        request: _visionsearch_pb2.SetPayloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.SetPayloadResponse, _abc.Awaitable[_visionsearch_pb2.SetPayloadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeletePayloadKeys(
+        self,
+        request: _visionsearch_pb2.DeletePayloadKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.DeletePayloadKeysResponse, _abc.Awaitable[_visionsearch_pb2.DeletePayloadKeysResponse]]: ...
 
 def add_CollectionServiceServicer_to_server(servicer: CollectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
