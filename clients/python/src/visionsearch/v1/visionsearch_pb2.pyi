@@ -199,6 +199,15 @@ class Vector(_message.Message):
     35-50 us as repeated float (the conversion to a list dominates) and decodes in ~1.9 us against 3-5 us.
     Both are 5,123 bytes on the wire. Every protobuf runtime can reinterpret the bytes without copying
     (numpy.frombuffer, Float32Array, memcpy into float[]).
+
+    Notes for callers in other languages, learnt from a Node.js client written from this file alone:
+    - a received `f32` may start at an offset that is not a multiple of 4 inside the message's buffer
+      (Node.js Buffers are slices of a pool): copy it first (`new Float32Array(new Uint8Array(b).buffer)`) or
+      read it with a DataView, little-endian; `new Float32Array(b.buffer, b.byteOffset, n)` throws then;
+    - grpc-js receives at most 4 MiB by default, less than a k=1000 search with vectors (about 5.2 MB at
+      1280-d): raise `grpc.max_receive_message_length` (the server's own limit is in GetServerInfo);
+    - @grpc/proto-loader turns field names into camelCase (`withPayload`) unless loaded with `keepCase: true`;
+      JSON mappings use camelCase as well.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
