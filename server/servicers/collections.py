@@ -21,7 +21,7 @@ from server.filters import (
 )
 from server.handlers import current_key
 from server.limits import MAX_IDS, MAX_ITEMS, MAX_SCROLL, check_batch_memory, check_count, check_response_size
-from server.servicers.common import call_budget, passing
+from server.servicers.common import call_budget, request_filter
 from server.services import Services
 from server.storage import Collection, CollectionSettings
 from server.storage.collection import validate_id
@@ -255,7 +255,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         if request.HasField("filter"):
             if request.ids:
                 fail(Error.BAD_REQUEST, "DeleteRequest has both ids and a filter: give one or the other")
-            deleted = c.delete_where(compile_filter(request.filter, c.settings.indexed, c.rows_for_ids))
+            deleted = c.delete_where(compile_filter(request.filter, c.settings.indexed))
         else:
             deleted = c.delete(list(request.ids))
         return pb.DeleteResponse(deleted=deleted, count=len(c))
@@ -280,7 +280,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     def Count(self, request: pb.CountRequest, context: grpc.ServicerContext) -> pb.CountResponse:
         c = self.s.store.get(request.collection)
         if request.HasField("filter"):
-            return pb.CountResponse(count=len(passing(c, request.filter)))
+            return pb.CountResponse(count=c.count(request_filter(c, request)))
         return pb.CountResponse(count=len(c))
 
     @rpc_method
@@ -290,12 +290,12 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         if not 1 <= limit <= MAX_SCROLL:
             fail(Error.BAD_REQUEST, f"limit must be 1..{MAX_SCROLL} (0 means 100), got {request.limit}")
         after = self.s.cursors.read(request.cursor, c.name, c.settings.uid) if request.cursor else None
-        allowed = passing(c, request.filter) if request.HasField("filter") else None
+        where = request_filter(c, request)
         check_response_size(
             limit, c.settings.dim * 4 if request.with_vector else 0, 0, self.s.config.max_message_bytes,
             "ask for a smaller limit, or without vectors",
         )  # fmt: skip
-        found, last = c.scroll(after, limit, allowed, request.with_vector)
+        found, last = c.scroll(after, limit, where, request.with_vector)
         items = [item_pb(i, {} if request.without_payload else p, v) for i, p, v in found]
         cursor = self.s.cursors.make(c.name, c.settings.uid, last) if last is not None else ""
         return pb.ScrollResponse(items=items, next_cursor=cursor)

@@ -21,7 +21,7 @@ from server.limits import (
     check_response_size,
     check_word,
 )
-from server.servicers.common import call_budget, passing
+from server.servicers.common import call_budget, request_filter
 from server.services import Services
 from server.storage import Collection
 from server.storage.collection import Hit, payload_bytes
@@ -115,10 +115,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             fail(Error.BAD_REQUEST, "the positive and negative examples cancel out: give other examples")
         query = self._as_query(c, target[None, :].astype(np.float32), joint, context, "the recommendation")
         notes: list[str] = []
-        allowed = passing(c, request.filter) if request.HasField("filter") else None
+        where = request_filter(c, request)
         skip = set(examples)
         with span("search"):
-            hits = c.search(query, k + len(skip), joint=joint, allowed=allowed, notes=notes)[0]
+            hits = c.search(query, k + len(skip), joint=joint, filter=where, notes=notes)[0]
         hits = [h for h in hits if h.id not in skip]
         if request.HasField("score_threshold"):
             hits = [h for h in hits if h.score >= request.score_threshold]
@@ -166,12 +166,12 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         exclude = request.id if which == "id" else None  # "more like this": not its own neighbour
         with span("embed" if which in ("image", "text") else "decode"):
             query = self._query(c, request, which, joint, notes, context)
-        allowed = passing(c, request.filter) if request.HasField("filter") else None
+        where = request_filter(c, request)
         effort = min(request.effort, c.max_effort())
         with span("search"):
             wanted = k + (exclude is not None)
             hits = c.search(
-                query, wanted, joint=joint, effort=effort, exact=request.exact, allowed=allowed, notes=notes
+                query, wanted, joint=joint, effort=effort, exact=request.exact, filter=where, notes=notes
             )[0]
         with span("encode"):
             return self._response(c, request, self._finish(hits, k, exclude, request), joint, notes)
@@ -244,8 +244,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 for key, value in typed.items():
                     hit.fields[key].CopyFrom(value)
             if request.with_vector:
-                vec = c.vector_of(h.id, joint=joint) if joint else c.vector_of_row(h.row)
-                hit.vector.CopyFrom(vector_to_pb(vec))
+                hit.vector.CopyFrom(vector_to_pb(c.hit_vector(h, joint=joint)))
         return resp
 
     def _embed_image(self, c: Collection, image: bytes, context: grpc.ServicerContext) -> np.ndarray:

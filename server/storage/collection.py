@@ -350,12 +350,13 @@ class Collection:
         joint: bool = False,
         effort: int = 0,
         exact: bool = False,
-        allowed: BitMap | None = None,
+        filter: Node | None = None,
         notes: list[str] | None = None,
     ) -> list[list[Hit]]:
-        """Best k items per query, in the image space or (``joint=True``) the joint space, among the rows of
-        ``allowed`` when given (``filter_rows``). ``queries`` are prepared by ``prepare_vectors`` or
+        """Best k items per query, in the image space or (``joint=True``) the joint space, among the items
+        that pass ``filter`` when given. ``queries`` are prepared by ``prepare_vectors`` or
         ``prepare_joint``. The plan a filtered search ran is added to ``notes``."""
+        allowed = self.filter_rows(filter) if filter is not None else None
         view = self._view
         index = view.index
         if joint:
@@ -382,11 +383,12 @@ class Collection:
         ]
 
     def scroll(
-        self, after: str | None, limit: int, allowed: BitMap | None, with_vectors: bool
+        self, after: str | None, limit: int, filter: Node | None, with_vectors: bool
     ) -> tuple[list[tuple[str, dict[str, Any], np.ndarray | None]], str | None]:
-        """Up to ``limit`` items after id ``after`` in id order (passing ``allowed``), and the id to continue
+        """Up to ``limit`` items after id ``after`` in id order (passing ``filter``), and the id to continue
         after (None at the end). With a filter that passes few items a page may hold fewer than ``limit``:
         at most ``SCROLL_SCAN`` ids are looked at per page, so a page never holds writers up for long."""
+        allowed = self.filter_rows(filter) if filter is not None else None
         picked: list[tuple[str, int]] = []
         last: str | None = None
         with self._lock:
@@ -405,12 +407,16 @@ class Collection:
         out = [(i, view.payloads[r], view.index.vector(r) if with_vectors else None) for i, r in picked]
         return out, None if done else last
 
-    def count_where(self, allowed: BitMap) -> int:
-        return len(allowed)
-
     def filter_rows(self, node: Node) -> BitMap:
         """The live rows that pass a filter (``server.filters.compile_filter``)."""
-        return self._view.filters.evaluate(node)
+        return self._view.filters.evaluate(node, self.rows_for_ids)
+
+    def count(self, filter: Node | None = None) -> int:
+        return len(self) if filter is None else len(self.filter_rows(filter))
+
+    def hit_vector(self, hit: Hit, *, joint: bool = False) -> np.ndarray:
+        """The stored vector of a hit of this collection's search (of the space searched)."""
+        return self.vector_of(hit.id, joint=True) if joint else self._view.index.vector(hit.row)
 
     def rows_for_ids(self, ids: list[str]) -> tuple[int, ...]:
         rows = self._rows
@@ -582,7 +588,7 @@ class Collection:
         with self._lock:
             self._check_open()
             view = self._view
-            ids = [view.row_ids[r] for r in rows_of(view.filters.evaluate(node))]
+            ids = [view.row_ids[r] for r in rows_of(view.filters.evaluate(node, self.rows_for_ids))]
         return self.delete(ids) if ids else 0
 
     def set_payload(self, ids: list[str], changes: dict[str, Any]) -> int:
