@@ -88,6 +88,8 @@ class Services:
             c = self.store.get(request.collection)
         except Exception:
             return True  # refused at once, whichever thread answers
+        if not c.inline_ok():
+            return False
         joint = request.WhichOneof("query") == "text" or request.space == 2  # SPACE_JOINT
         if not joint and not request.exact and c.approximate():
             return True

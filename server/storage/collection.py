@@ -202,7 +202,52 @@ class SnapshotFailed(Exception):
     """A snapshot could not be written; the generation in force and its log are untouched."""
 
 
-class Collection:
+class VectorSpaces:
+    """Checks that bring query and item vectors to a collection's stored form; every storage backend shares
+    them (``settings`` and ``name`` are the collection's)."""
+
+    settings: CollectionSettings
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def prepare_vectors(self, vectors: np.ndarray, what: str = "vector") -> np.ndarray:
+        """Check a (m, dim) batch and bring it to the stored form (unit rows for cosine)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.settings.dim:
+            got = vectors.shape[-1] if vectors.ndim else 0
+            fail(
+                Error.BAD_REQUEST,
+                f"{what} has dimension {got} but collection {self.name!r} has dimension {self.settings.dim}",
+            )
+        where = "" if len(vectors) == 1 else " (row {})"
+        if has_nonfinite(vectors):
+            row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+            fail(Error.BAD_REQUEST, f"{what}{where.format(row)} contains NaN or Inf")
+        if self.settings.metric == "cosine":
+            norms = row_norms(vectors)
+            if np.any(norms == 0):
+                row = int(np.flatnonzero(norms == 0)[0])
+                fail(
+                    Error.BAD_REQUEST,
+                    f"{what}{where.format(row)} is all zeros: cosine similarity needs a non-zero vector",
+                )
+            vectors = vectors / norms[:, None]
+        return vectors
+
+    def prepare_joint(self, vectors: np.ndarray, what: str = "joint vector") -> np.ndarray:
+        """Joint-space vectors are always compared by cosine: unit rows (a zero row stays zero)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.settings.joint_dim:
+            fail(Error.BAD_REQUEST, f"joint vectors must have dimension {self.settings.joint_dim}")
+        if has_nonfinite(vectors):
+            fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
+class Collection(VectorSpaces):
     def __init__(
         self,
         folder: Path,
@@ -306,10 +351,6 @@ class Collection:
 
     # ------------------------------------------------------------------ reads
 
-    @property
-    def name(self) -> str:
-        return self.settings.name
-
     def __len__(self) -> int:
         return len(self._view.index)
 
@@ -329,6 +370,10 @@ class Collection:
         """Share (0..1) of the background index build in flight, None when none runs."""
         ann = self._view.ann
         return None if ann.build_done.is_set() else ann.build_progress
+
+    def inline_ok(self) -> bool:
+        """Whether its searches may run on the event loop (memory only; see ``Services.cheap_search``)."""
+        return True
 
     def approximate(self) -> bool:
         """Whether an approximate index answers image-space searches now."""
@@ -507,40 +552,6 @@ class Collection:
             return view.index.vector(row)
 
     # ------------------------------------------------------------------ writes
-
-    def prepare_vectors(self, vectors: np.ndarray, what: str = "vector") -> np.ndarray:
-        """Check a (m, dim) batch and bring it to the stored form (unit rows for cosine)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.settings.dim:
-            got = vectors.shape[-1] if vectors.ndim else 0
-            fail(
-                Error.BAD_REQUEST,
-                f"{what} has dimension {got} but collection {self.name!r} has dimension {self.settings.dim}",
-            )
-        where = "" if len(vectors) == 1 else " (row {})"
-        if has_nonfinite(vectors):
-            row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
-            fail(Error.BAD_REQUEST, f"{what}{where.format(row)} contains NaN or Inf")
-        if self.settings.metric == "cosine":
-            norms = row_norms(vectors)
-            if np.any(norms == 0):
-                row = int(np.flatnonzero(norms == 0)[0])
-                fail(
-                    Error.BAD_REQUEST,
-                    f"{what}{where.format(row)} is all zeros: cosine similarity needs a non-zero vector",
-                )
-            vectors = vectors / norms[:, None]
-        return vectors
-
-    def prepare_joint(self, vectors: np.ndarray, what: str = "joint vector") -> np.ndarray:
-        """Joint-space vectors are always compared by cosine: unit rows (a zero row stays zero)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.settings.joint_dim:
-            fail(Error.BAD_REQUEST, f"joint vectors must have dimension {self.settings.joint_dim}")
-        if has_nonfinite(vectors):
-            fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
 
     def upsert(
         self,
