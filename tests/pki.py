@@ -110,3 +110,25 @@ def self_signed(folder: Path, stem: str) -> Pair:
     ca = Authority(folder, f"{stem}-self")
     key = ca.key
     return _write(folder, stem, ca.cert, key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.pki FOLDER``: a fresh CA (ca.pem), a server certificate for localhost and 127.0.0.1
+    (server.pem, server-key.pem) and a client certificate (client.pem, client-key.pem) in FOLDER, for trying
+    TLS by hand and for the TypeScript client's own test run (clients/typescript/test/server.ts)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tests.pki FOLDER", file=sys.stderr)
+        return 2
+    folder = Path(args[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = Authority(folder, "ca")
+    ca.issue("server")
+    ca.issue("client", hosts=(), client=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
