@@ -29,7 +29,7 @@ from server.auth import add_key
 from server.config import Config
 from server.services import Services
 from tests.conftest import LION, ROOT
-from tests.pki import Authority, Pair
+from tests.pki import Pair, client_certificates
 
 TS = ROOT / "clients" / "typescript"
 CPP_BUILD = ROOT / "clients" / "cpp" / "build"
@@ -209,43 +209,40 @@ def secure(
     base_config: Config, services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Secure]:
     folder = tmp_path_factory.mktemp("secure-clients")
-    ca = Authority(folder, "ca")
-    server, client = ca.issue("server"), ca.issue("client", hosts=(), client=True)
+    pki = client_certificates(folder)
+    ca, server, client = pki["ca"], pki["server"], pki["client"]
     key_file = folder / "keys.json"
     keys = {role: add_key(key_file, role, role) for role in ("read", "admin")}
-    tls = {"tls_cert": str(server.cert), "tls_key": str(server.key), "api_keys": str(key_file)}
     started: list[Running] = []
 
-    def start(name: str, **settings: str) -> str:
-        config = replace(base_config, data_dir=folder / name, default_collection=False, **settings)
+    def start(name: str, client_ca: str = "") -> str:
+        config = replace(
+            base_config,
+            data_dir=folder / name,
+            default_collection=False,
+            tls_cert=str(server.cert),
+            tls_key=str(server.key),
+            tls_client_ca=client_ca,
+            api_keys=str(key_file),
+        )
         started.append(create_server(config, services.with_store(config)))
         return f"127.0.0.1:{started[-1].port}"
 
     try:
-        tls_address = start("tls", **tls)
-        mtls_address = start("mtls", **tls, tls_client_ca=str(ca.pair.cert))
-        with Client(tls_address, api_key=keys["admin"], root_certificates=ca.pair.cert, timeout=60) as admin:
+        tls_address = start("tls")
+        mtls_address = start("mtls", client_ca=str(ca.cert))
+        with Client(tls_address, api_key=keys["admin"], root_certificates=ca.cert, timeout=60) as admin:
             admin.create_collection(PETS, embedder="mobilenet_v2", joint="conse:spacy")
             items = [
                 Item(name, image=path.read_bytes(), payload={"label": name}) for name, path in PHOTOS.items()
             ]
             admin.upsert(PETS, items)
+        # What clients/typescript/test/server.ts reads: the certificates by their names in `pki`.
         description = folder / "servers.json"
         description.write_text(
-            json.dumps(
-                {
-                    "tls": tls_address,
-                    "mtls": mtls_address,
-                    "ca": str(ca.pair.cert),
-                    "clientCert": str(client.cert),
-                    "clientKey": str(client.key),
-                    "keys": keys,
-                }
-            )
+            json.dumps({"tls": tls_address, "mtls": mtls_address, "pki": str(folder), "keys": keys})
         )
-        yield Secure(
-            tls_address, mtls_address, ca.pair, client, keys, description, started[0].services.config
-        )
+        yield Secure(tls_address, mtls_address, ca, client, keys, description, started[0].services.config)
     finally:
         for running in started:
             running.stop(grace=0)

@@ -221,8 +221,9 @@ std::shared_ptr<grpc::ChannelCredentials> Credentials(const Options& opt, std::s
     return nullptr;
   }
   grpc::SslCredentialsOptions ssl;
-  const std::pair<const std::string*, std::string*> files[] = {
-      {&opt.ca_file, &ssl.pem_root_certs}, {&opt.cert_file, &ssl.pem_cert_chain}, {&opt.key_file, &ssl.pem_private_key}};
+  const std::pair<const std::string*, std::string*> files[] = {{&opt.ca_file, &ssl.pem_root_certs},
+                                                                {&opt.cert_file, &ssl.pem_cert_chain},
+                                                                {&opt.key_file, &ssl.pem_private_key}};
   for (const auto& [path, pem] : files) {
     if (path->empty()) continue;
     if (!ReadFile(*path, pem)) {
@@ -236,7 +237,6 @@ std::shared_ptr<grpc::ChannelCredentials> Credentials(const Options& opt, std::s
   }
   return grpc::SslCredentials(ssl);
 }
-
 
 std::string Env(const char* name) {
   const char* value = std::getenv(name);
@@ -285,7 +285,10 @@ int main(int argc, char** argv) {
       if (arg == "--ca") opt.ca_file = value;
       if (arg == "--cert") opt.cert_file = value;
       if (arg == "--key") opt.key_file = value;
-      if (arg == "--api-key") opt.api_key = value, key_flag = true;
+      if (arg == "--api-key") {
+        opt.api_key = value;
+        key_flag = true;
+      }
     } catch (const std::exception&) {
       return Usage("bad value for " + arg + ": " + value);
     }

@@ -24,7 +24,8 @@ export interface Security {
 }
 
 function pemText(name: string, pem: Pem): string {
-  const text = typeof pem === "string" ? pem : Buffer.from(pem.buffer, pem.byteOffset, pem.byteLength).toString("latin1");
+  const text =
+    typeof pem === "string" ? pem : Buffer.from(pem.buffer, pem.byteOffset, pem.byteLength).toString("latin1");
   if (!text.includes("-----BEGIN ")) {
     throw new TypeError(`${name} must be PEM text (-----BEGIN ...), not a file name: pass readFileSync(path)`);
   }
@@ -74,8 +75,8 @@ function bearer(apiKey: string): Interceptor {
 
 // Node's codes for a TLS handshake that failed: certificate checks (node:tls and OpenSSL's verify results)
 // and alerts the server sent (ERR_SSL_...).
-const TLS_FAILURE = /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|EPROTO$)/;
-const CONNECTION_LOST = new Set(["ECONNRESET", "EPIPE"]);
+const TLS_FAILURE =
+  /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|EPROTO$)/;
 
 function nodeCodes(err: unknown): string[] {
   const codes: string[] = [];
@@ -110,7 +111,6 @@ function connectionErrors(tls: boolean, connectionClosed: () => boolean): Interc
             "by a CA in rootCertificates",
         );
       }
-      if (codes.some((c) => CONNECTION_LOST.has(c))) throw unavailable(err, "the connection was lost");
       if (err.code === Code.Canceled && !req.signal.aborted && connectionClosed()) {
         const why = tls
           ? "a server that requires client certificates (mTLS) closes the connection of a client without one " +

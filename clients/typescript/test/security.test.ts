@@ -1,7 +1,11 @@
 // TLS, mTLS and API keys from TypeScript, over real TLS connections to live servers (secureServers(): one with
-// TLS and keys, one that also requires client certificates; certificates made fresh for the run).
+// TLS and keys, one that also requires client certificates; certificates made fresh for the run), and to
+// plain Node TLS servers holding certificates a client must refuse.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { createSecureServer } from "node:http2";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Code, ConnectError, VisionSearchClient, type ClientOptions } from "../src/index.js";
 import { type SecureServers, secureServers } from "./server.js";
@@ -23,6 +27,7 @@ async function refused(call: Promise<unknown>): Promise<ConnectError> {
 describe("visionsearch over TLS with API keys from TypeScript", () => {
   let servers: SecureServers;
   let ca: Buffer;
+  const pem = (name: string): Buffer => readFileSync(join(servers.pki, `${name}.pem`));
   const clients: VisionSearchClient[] = [];
   const name = `ts_tls_${process.pid}_${Date.now()}`;
 
@@ -35,7 +40,7 @@ describe("visionsearch over TLS with API keys from TypeScript", () => {
 
   before(async () => {
     servers = await secureServers();
-    ca = readFileSync(servers.ca);
+    ca = pem("ca");
   });
 
   after(async () => {
@@ -113,13 +118,30 @@ describe("visionsearch over TLS with API keys from TypeScript", () => {
     assert.match(roots.rawMessage, /the TLS handshake failed: check that the server's certificate is valid/);
   });
 
+  test("server certificates that are expired, for another host or self-signed: UNAVAILABLE, the handshake", async () => {
+    for (const bad of ["expired", "wrong-host", "self-signed"]) {
+      // The handshake fails before any gRPC: a Node TLS server with the certificate stands for the server.
+      const server = createSecureServer({ cert: pem(bad), key: pem(`${bad}-key`) });
+      await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+      try {
+        const port = (server.address() as AddressInfo).port;
+        const err = await refused(connect({ rootCertificates: ca }, `127.0.0.1:${port}`).serverInfo());
+        assert.equal(err.code, Code.Unavailable, `${bad}: ${err.message}`);
+        assert.match(err.rawMessage, /the TLS handshake failed: check that the server's certificate is valid/, bad);
+      } finally {
+        await new Promise((ok) => server.close(ok));
+      }
+    }
+  });
+
   test("mTLS: a client certificate from the CA is let in; without one, UNAVAILABLE", async () => {
-    const cert = { certificateChain: readFileSync(servers.clientCert), privateKey: readFileSync(servers.clientKey) };
+    const cert = { certificateChain: pem("client"), privateKey: pem("client-key") };
     const mine = connect({ rootCertificates: ca, apiKey: servers.keys.read, ...cert }, servers.mtls);
     const info = await mine.serverInfo();
     assert.ok(info.clientCertificatesRequired && info.tls);
     assert.ok(Array.isArray(await mine.listCollections()));
-    const without = await refused(connect({ rootCertificates: ca, apiKey: servers.keys.read }, servers.mtls).serverInfo());
+    const stranger = connect({ rootCertificates: ca, apiKey: servers.keys.read }, servers.mtls);
+    const without = await refused(stranger.serverInfo());
     assert.equal(without.code, Code.Unavailable);
     assert.match(without.rawMessage, /requires client certificates.*pass privateKey and certificateChain/);
   });
@@ -133,7 +155,8 @@ describe("visionsearch over TLS with API keys from TypeScript", () => {
   test("contradictory options are a TypeError before any call", () => {
     const pem = ca.toString();
     assert.throws(() => new VisionSearchClient(servers.tls, { privateKey: pem }), /go together/);
-    assert.throws(() => new VisionSearchClient(servers.tls, { rootCertificates: servers.ca }), /PEM text.*readFileSync/);
+    const path = join(servers.pki, "ca.pem"); // a file name where PEM text belongs
+    assert.throws(() => new VisionSearchClient(servers.tls, { rootCertificates: path }), /PEM text.*readFileSync/);
     assert.throws(() => new VisionSearchClient(servers.tls, { tls: false, rootCertificates: pem }), /tls: false/);
     assert.throws(() => new VisionSearchClient(`http://${servers.tls}`, { rootCertificates: pem }), /http:\/\//);
     assert.throws(() => new VisionSearchClient(servers.tls, { apiKey: "" }), /apiKey is empty/);

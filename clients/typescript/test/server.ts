@@ -24,10 +24,12 @@ export interface SecureServers {
   tls: string;
   /** host:port of a server with TLS and API keys that also requires client certificates from the CA. */
   mtls: string;
-  /** Paths of PEM files: the CA that signed the servers' and the client's certificates, and the client's. */
-  ca: string;
-  clientCert: string;
-  clientKey: string;
+  /**
+   * The folder of the PEM files (NAME.pem, NAME-key.pem; tests/pki.py's client_certificates): the CA (ca) that
+   * signed the servers' certificate and the client's (client), and server certificates a client must refuse
+   * (expired, wrong-host, self-signed).
+   */
+  pki: string;
   /** API keys with the roles read and admin. */
   keys: { read: string; admin: string };
   stop(): Promise<void>;
@@ -80,13 +82,16 @@ export async function secureServers(): Promise<SecureServers> {
 
   const pki = mkdtempSync(join(tmpdir(), "visionsearch-ts-pki-"));
   const py = (...args: string[]): string =>
-    execFileSync(python(), args, { cwd: REPO_ROOT, env: serverEnv(), encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+    execFileSync(python(), args, {
+      cwd: REPO_ROOT, env: serverEnv(), encoding: "utf8", stdio: ["ignore", "pipe", "inherit"],
+    });
   py("-m", "tests.pki", pki);
   const keyFile = join(pki, "keys.json");
   const addKey = (role: string): string =>
     py("-m", "server.admin", "keys", "add", keyFile, "--name", role, "--role", role).split("\n")[0];
   const keys = { read: addKey("read"), admin: addKey("admin") };
-  const tlsArgs = ["--tls-cert", join(pki, "server.pem"), "--tls-key", join(pki, "server-key.pem"), "--api-keys", keyFile];
+  const tlsArgs = ["--tls-cert", join(pki, "server.pem"), "--tls-key", join(pki, "server-key.pem"),
+    "--api-keys", keyFile];
   const started = await Promise.allSettled([
     spawnServer(tlsArgs),
     spawnServer([...tlsArgs, "--tls-client-ca", join(pki, "ca.pem")]),
@@ -101,9 +106,7 @@ export async function secureServers(): Promise<SecureServers> {
   return {
     tls: tls.address,
     mtls: mtls.address,
-    ca: join(pki, "ca.pem"),
-    clientCert: join(pki, "client.pem"),
-    clientKey: join(pki, "client-key.pem"),
+    pki,
     keys,
     stop: async () => {
       await Promise.all([tls.stop(), mtls.stop()]);
