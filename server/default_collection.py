@@ -65,11 +65,10 @@ def ensure_default_collection(services: Services) -> Collection:
     store = services.store
     embedder = services.images
     if NAME in {c.name for c in store.list()}:
-        collection = store.get(NAME)
+        collection = store.get_local(NAME)
     else:
-        collection = store.create(
-            CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name, JOINT)
-        )
+        store.create(CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name, JOINT))
+        collection = store.get_local(NAME)
     wanted = [
         *_stamp_items(services.config.max_pixels),
         *_fashion_items(services.config.fashion_sample),

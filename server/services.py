@@ -22,6 +22,7 @@ from server.cursors import Cursors
 from server.errors import Error, fail
 from server.health import CollectionHealth
 from server.storage import CollectionStore
+from server.storage.milvus import MilvusBackend
 
 log = logging.getLogger("visionsearch.services")
 
@@ -111,8 +112,10 @@ class Services:
 
 
 def open_store(config: Config, images: ImageEmbedder, joints: JointRegistry) -> CollectionStore:
+    milvus = MilvusBackend(config.milvus_uri, config.milvus_token) if config.milvus_uri else None
     return CollectionStore(
         config.data_dir,
+        milvus=milvus,
         known_embedders=embedder_names(),
         known_joints=joints.dims,
         fsync=config.fsync,

@@ -23,7 +23,7 @@ from server.handlers import current_key
 from server.limits import MAX_IDS, MAX_ITEMS, MAX_SCROLL, check_batch_memory, check_count, check_response_size
 from server.servicers.common import call_budget, request_filter
 from server.services import Services
-from server.storage import Collection, CollectionSettings
+from server.storage import AnyCollection, CollectionSettings
 from server.storage.collection import validate_id
 from server.storage.store import Damaged
 from server.tracing import span
@@ -49,6 +49,7 @@ def _config(st: CollectionSettings) -> pb.CollectionConfig:
         recall_target=st.recall_target,
         hnsw=pb.HnswConfig(connectivity=st.hnsw_connectivity, expansion_add=st.hnsw_expansion_add),
         payload_indexes=[pb.PayloadIndex(key=k, type=TYPE_ENUMS[t]) for k, t in st.payload_indexes],
+        backend=st.backend,
     )
 
 
@@ -60,7 +61,7 @@ def item_pb(item_id: str, payload: dict[str, Any], vector: np.ndarray | None) ->
     return item
 
 
-def collection_info(c: Collection) -> pb.CollectionInfo:
+def collection_info(c: AnyCollection) -> pb.CollectionInfo:
     st = c.settings
     return pb.CollectionInfo(
         config=_config(st),
@@ -107,6 +108,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             hnsw_expansion_add=cfg.hnsw.expansion_add or HNSW_DEFAULTS.expansion_add,
             payload_indexes=tuple(indexes_from_pb(cfg.payload_indexes).items()),
             uid=uuid.uuid4().hex,
+            backend=cfg.backend or "local",
         )
         if cfg.joint.startswith("head:") and cfg.embedder:
             # A head maps features of one input size; the collection must embed its images at that size.

@@ -12,7 +12,7 @@ import grpc
 from kernels.payload_index import Node
 from server.errors import Error, fail
 from server.filters import compile_filter
-from server.storage import Collection
+from server.storage import AnyCollection
 
 
 def check_deadline(context: grpc.ServicerContext, before: str) -> None:
@@ -40,6 +40,6 @@ def call_budget(context: grpc.ServicerContext, before: str) -> Budget:
     return Budget(None if remaining is None else time.monotonic() + remaining, cancelled)
 
 
-def request_filter(c: Collection, request: Any) -> Node | None:
+def request_filter(c: AnyCollection, request: Any) -> Node | None:
     """A request's filter compiled for ``c`` (INVALID_ARGUMENT for one it cannot answer), None without."""
     return compile_filter(request.filter, c.settings.indexed) if request.HasField("filter") else None

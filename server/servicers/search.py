@@ -23,7 +23,7 @@ from server.limits import (
 )
 from server.servicers.common import call_budget, request_filter
 from server.services import Services
-from server.storage import Collection
+from server.storage import AnyCollection
 from server.storage.collection import Hit, payload_bytes
 from server.tracing import span
 from server.wire import MAX_EFFORT, check_k, vector_from_pb, vector_to_pb
@@ -127,7 +127,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     # ---------------------------------------------------------------- one search
 
-    def _space(self, c: Collection, space: int, which: str | None) -> int:
+    def _space(self, c: AnyCollection, space: int, which: str | None) -> int:
         if space not in (pb.SPACE_UNSPECIFIED, pb.SPACE_IMAGE, pb.SPACE_JOINT):
             fail(Error.BAD_REQUEST, f"space {space} is not a known Space (IMAGE or JOINT; 0 for the default)")
         if which == "text" and space == pb.SPACE_IMAGE:
@@ -143,7 +143,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return pb.SPACE_IMAGE
 
     def _check(
-        self, c: Collection, request: pb.SearchRequest, where: str = ""
+        self, c: AnyCollection, request: pb.SearchRequest, where: str = ""
     ) -> tuple[int, bool, str | None]:
         at = f"{where}: " if where else ""
         k = check_k(request.k, self.s.config.max_k)
@@ -159,7 +159,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return k, joint, which
 
     def _search(
-        self, c: Collection, request: pb.SearchRequest, context: grpc.ServicerContext
+        self, c: AnyCollection, request: pb.SearchRequest, context: grpc.ServicerContext
     ) -> pb.SearchResponse:
         k, joint, which = self._check(c, request)
         notes: list[str] = []
@@ -186,7 +186,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     def _query(
         self,
-        c: Collection,
+        c: AnyCollection,
         request: pb.SearchRequest,
         which: str | None,
         joint: bool,
@@ -208,7 +208,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image`, `id` or `text`")
 
     def _as_query(
-        self, c: Collection, raw: np.ndarray, joint: bool, context: grpc.ServicerContext, what: str
+        self, c: AnyCollection, raw: np.ndarray, joint: bool, context: grpc.ServicerContext, what: str
     ) -> np.ndarray:
         """A vector as a query of the space searched: the joint space takes its own width, or image
         features (projected, as images are)."""
@@ -225,7 +225,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return self._project(c, raw, context, what)
 
     def _response(
-        self, c: Collection, request: Any, hits: list[Hit], joint: bool, notes: list[str]
+        self, c: AnyCollection, request: Any, hits: list[Hit], joint: bool, notes: list[str]
     ) -> pb.SearchResponse:
         cosine = joint or c.settings.metric == "cosine"
         check_response_size(
@@ -247,7 +247,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 hit.vector.CopyFrom(vector_to_pb(c.hit_vector(h, joint=joint)))
         return resp
 
-    def _embed_image(self, c: Collection, image: bytes, context: grpc.ServicerContext) -> np.ndarray:
+    def _embed_image(self, c: AnyCollection, image: bytes, context: grpc.ServicerContext) -> np.ndarray:
         if not c.settings.embedder:
             fail(
                 Error.PRECONDITION,
@@ -259,7 +259,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         )
 
     def _project(
-        self, c: Collection, features: np.ndarray, context: grpc.ServicerContext, what: str
+        self, c: AnyCollection, features: np.ndarray, context: grpc.ServicerContext, what: str
     ) -> np.ndarray:
         if features.shape[1] != c.settings.dim:
             fail(
@@ -270,7 +270,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
         return c.prepare_joint(self.s.joint(c.settings.joint).project(features))
 
-    def _text_query(self, c: Collection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:
+    def _text_query(self, c: AnyCollection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:
         space = self.s.joint(c.settings.joint).text
         kind = text.WhichOneof("text")
         if kind == "sentence":

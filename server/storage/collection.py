@@ -37,6 +37,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always with fullmatch: `$` would
 MAX_ID_BYTES = 256
 MAX_DIM = 65536
 METRICS = ("cosine", "inner_product")
+BACKENDS = ("local", "milvus")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class CollectionSettings:
     payload_indexes: tuple[tuple[str, str], ...] = ()
     # Set at creation: tells this collection from an earlier one of the same name (scroll cursors).
     uid: str = ""
+    # Where the items live: "local" (this data folder) or "milvus" (server.storage.milvus).
+    backend: str = "local"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CollectionSettings:
@@ -107,6 +110,8 @@ class CollectionSettings:
                     f"payload index {quote(key, 40)}: type {quote(kind)} is not {FIELD_TYPES}",
                 )
             seen.add(key)
+        if self.backend not in BACKENDS:
+            fail(Error.BAD_REQUEST, f"backend {quote(self.backend)} is not one of {', '.join(BACKENDS)}")
         if self.metric not in METRICS:
             fail(Error.BAD_REQUEST, f"metric {quote(self.metric)} is not one of {', '.join(METRICS)}")
         if self.embedder and self.embedder not in known_embedders:

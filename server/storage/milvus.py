@@ -27,7 +27,7 @@ import numpy as np
 from kernels.payload_index import Node
 from server.errors import Error, fail, quote
 from server.storage.collection import CollectionSettings, Hit, VectorSpaces, payload_bytes, validate_id
-from server.storage.milvus_filters import expression
+from server.storage.milvus_filters import expression, index_fields
 
 log = logging.getLogger("visionsearch.milvus")
 
@@ -135,6 +135,8 @@ class MilvusBackend:
             if settings.joint:
                 schema.add_field("joint", DataType.FLOAT_VECTOR, dim=settings.joint_dim)
             schema.add_field("payload", DataType.JSON)
+            schema.add_field("terms", DataType.JSON)  # what filters read (milvus_filters.index_fields)
+            schema.add_field("nums", DataType.JSON)
             index = c.prepare_index_params()
             index.add_index("vector", index_type="AUTOINDEX", metric_type=metric)
             if settings.joint:
@@ -309,10 +311,10 @@ class MilvusCollection(VectorSpaces):
         last = {item_id: n for n, item_id in enumerate(ids)}
         rows = []
         for item_id, n in last.items():
-            row: dict[str, Any] = {"id": item_id, "vector": vectors[n].tolist(), "payload": payloads[n]}
+            row: dict[str, Any] = {"id": item_id, "vector": vectors[n].tolist()}
             if joint is not None:
                 row["joint"] = joint[n].tolist()
-            rows.append(row)
+            rows.append(self._with_payload(row, payloads[n]))
         self.backend.call(lambda c: c.upsert(self._mname, rows))
         return len(rows)
 
@@ -339,16 +341,35 @@ class MilvusCollection(VectorSpaces):
     def _rewrite(self, ids: list[str], change: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
         # Milvus rewrites whole rows: read them, change the payloads, write them back.
         fields = ["payload", "vector"] + (["joint"] if self.settings.joint else [])
-        rows = self._rows(list(dict.fromkeys(ids)), fields)
-        for r in rows:
-            r["payload"] = change(r["payload"])
+        rows = [
+            self._with_payload(r, change(r["payload"])) for r in self._rows(list(dict.fromkeys(ids)), fields)
+        ]
         if rows:
             self.backend.call(lambda c: c.upsert(self._mname, rows))
         return len(rows)
 
+    def _with_payload(self, row: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        terms, nums = index_fields(payload, self.settings.indexed)
+        return row | {"payload": payload, "terms": terms, "nums": nums}
+
     def reconfigure(self, settings: CollectionSettings) -> None:
+        reindex = settings.payload_indexes != self.settings.payload_indexes
         self.backend.save_settings(settings)
         self.settings = settings
+        if not reindex:
+            return
+        # The filter fields of every row follow the new indexes: rewrite the rows, a page at a time.
+        fields = ["payload", "vector"] + (["joint"] if settings.joint else [])
+
+        def rewrite(c: Any) -> None:
+            it = c.query_iterator(self._mname, batch_size=1000, filter="", output_fields=fields)
+            try:
+                while page := it.next():
+                    c.upsert(self._mname, [self._with_payload(r, r["payload"]) for r in page])
+            finally:
+                it.close()
+
+        self.backend.call(rewrite)
 
     def close(self, reason: str = "closed", *, flush: bool = True) -> None:
         pass

@@ -1100,6 +1100,7 @@ class CollectionConfig(_message.Message):
     RECALL_TARGET_FIELD_NUMBER: _builtins.int
     HNSW_FIELD_NUMBER: _builtins.int
     PAYLOAD_INDEXES_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters from [A-Za-z0-9_-]."""
     dim: _builtins.int
@@ -1121,6 +1122,12 @@ class CollectionConfig(_message.Message):
     """
     recall_target: _builtins.float
     """Recall@10 an approximate index must reach, in (0, 1]; 0 means 0.95."""
+    backend: _builtins.str
+    """Where the collection's items live: "" or "local" (this server's data folder, the default), or "milvus"
+    (the Milvus the server was started with, --milvus-uri; FAILED_PRECONDITION if it has none). Never a
+    URI: a caller cannot make the server connect elsewhere. Milvus collections choose their own index (the
+    `index` and `hnsw` settings do not apply), and filters run in Milvus as expressions.
+    """
     @_builtins.property
     def hnsw(self) -> Global___HnswConfig:
         """Graph settings used when the index is (or INDEX_AUTO chooses) HNSW. Saved with the collection."""
@@ -1141,10 +1148,11 @@ class CollectionConfig(_message.Message):
         recall_target: _builtins.float = ...,
         hnsw: Global___HnswConfig | None = ...,
         payload_indexes: _abc.Iterable[Global___PayloadIndex] | None = ...,
+        backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hnsw", b"hnsw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "payload_indexes", b"payload_indexes", "recall_target", b"recall_target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "payload_indexes", b"payload_indexes", "recall_target", b"recall_target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
