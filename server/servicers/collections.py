@@ -50,6 +50,7 @@ def _config(st: CollectionSettings) -> pb.CollectionConfig:
         hnsw=pb.HnswConfig(connectivity=st.hnsw_connectivity, expansion_add=st.hnsw_expansion_add),
         payload_indexes=[pb.PayloadIndex(key=k, type=TYPE_ENUMS[t]) for k, t in st.payload_indexes],
         backend=st.backend,
+        vector_dtype=st.vector_dtype,
     )
 
 
@@ -109,6 +110,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             payload_indexes=tuple(indexes_from_pb(cfg.payload_indexes).items()),
             uid=uuid.uuid4().hex,
             backend=cfg.backend or "local",
+            vector_dtype=cfg.vector_dtype or "f32",
         )
         if cfg.joint.startswith("head:") and cfg.embedder:
             # A head maps features of one input size; the collection must embed its images at that size.

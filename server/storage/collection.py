@@ -21,7 +21,7 @@ from sortedcontainers import SortedList
 
 from embedder.naming import unknown_joint
 from kernels import ExactIndex, has_nonfinite, row_norms
-from kernels.hnsw import HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
+from kernels.hnsw import DTYPES, HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
 from kernels.payload_index import FIELD_TYPES, Node, PayloadIndex, rows_of
 from kernels.payload_index import build as build_payload_index
 from kernels.topk import topk_rows
@@ -60,6 +60,8 @@ class CollectionSettings:
     uid: str = ""
     # Where the items live: "local" (this data folder) or "milvus" (server.storage.milvus).
     backend: str = "local"
+    # How the HNSW graph stores its vectors (f32, f16, i8); the exact storage stays float32.
+    vector_dtype: str = "f32"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CollectionSettings:
@@ -74,7 +76,7 @@ class CollectionSettings:
 
     @property
     def hnsw(self) -> HNSWParams:
-        return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add)
+        return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add, dtype=self.vector_dtype)
 
     def validate(self, known_embedders: dict[str, int], known_joints: dict[str, int]) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -110,6 +112,22 @@ class CollectionSettings:
                     f"payload index {quote(key, 40)}: type {quote(kind)} is not {FIELD_TYPES}",
                 )
             seen.add(key)
+        if self.vector_dtype not in DTYPES:
+            fail(
+                Error.BAD_REQUEST,
+                f"vector_dtype {quote(self.vector_dtype)} is not one HNSW supports: {', '.join(DTYPES)}",
+            )
+        if self.vector_dtype == "i8" and self.metric != "cosine":
+            fail(
+                Error.BAD_REQUEST,
+                "vector_dtype i8 needs metric cosine (its graph compares by cosine): use f16",
+            )
+        if self.vector_dtype != "f32" and self.index not in ("hnsw", "auto"):
+            fail(
+                Error.BAD_REQUEST,
+                f"vector_dtype {self.vector_dtype} applies to the HNSW graph: use index hnsw or auto "
+                f"(index {self.index} searches float32 vectors)",
+            )
         if self.backend not in BACKENDS:
             fail(Error.BAD_REQUEST, f"backend {quote(self.backend)} is not one of {', '.join(BACKENDS)}")
         if self.metric not in METRICS:

@@ -28,7 +28,7 @@ log = logging.getLogger("visionsearch.store")
 
 
 # Settings that only an empty collection may change: re-indexing in place would stall its writers.
-STRUCTURAL = ("index", "hnsw_connectivity", "hnsw_expansion_add")
+STRUCTURAL = ("index", "hnsw_connectivity", "hnsw_expansion_add", "vector_dtype")
 
 
 AnyCollection = Collection | MilvusCollection

@@ -105,6 +105,7 @@ class CollectionInfo:
     payload_indexes: dict[str, str] = field(default_factory=dict)  # key -> keyword|integer|float|bool
     filter_planning: str = ""
     backend: str = "local"
+    vector_dtype: str = "f32"
 
 
 def to_value(v: PayloadValue) -> pb.PayloadValue:
@@ -230,6 +231,7 @@ def create_request(
     hnsw_expansion_add: int = 0,
     payload_indexes: Mapping[str, str] | None = None,
     backend: str = "",
+    vector_dtype: str = "",
 ) -> pb.CreateCollectionRequest:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}")
@@ -239,7 +241,7 @@ def create_request(
         name=name, dim=dim, metric=METRICS[metric], embedder=embedder, joint=joint,
         index=INDEXES[index], recall_target=recall_target,
         hnsw=pb.HnswConfig(connectivity=hnsw_connectivity, expansion_add=hnsw_expansion_add),
-        payload_indexes=payload_index_list(payload_indexes), backend=backend,
+        payload_indexes=payload_index_list(payload_indexes), backend=backend, vector_dtype=vector_dtype,
     )  # fmt: skip
     return pb.CreateCollectionRequest(config=config)
 
@@ -297,7 +299,7 @@ def info(resp: pb.CollectionInfo) -> CollectionInfo:
         resp.index_in_use, c.hnsw.connectivity, c.hnsw.expansion_add,
         STATES.get(resp.state, "ready"), resp.state_reason,
         {p.key: PAYLOAD_TYPE_NAMES.get(p.type, "?") for p in c.payload_indexes}, resp.filter_planning,
-        c.backend or "local",
+        c.backend or "local", c.vector_dtype or "f32",
     )  # fmt: skip
 
 

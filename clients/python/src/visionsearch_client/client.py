@@ -193,6 +193,7 @@ class Client:
         hnsw_expansion_add: int = 0,
         payload_indexes: Mapping[str, str] | None = None,
         backend: str = "",
+        vector_dtype: str = "",
         timeout: float | None = None,
     ) -> CollectionInfo:
         """``hnsw_connectivity`` (M) and ``hnsw_expansion_add`` (ef_construction) shape the HNSW graph when
@@ -201,7 +202,7 @@ class Client:
         keeps the items in the Milvus the server was started with (--milvus-uri)."""
         req = cv.create_request(
             name, dim, metric, embedder, joint, index, recall_target, hnsw_connectivity, hnsw_expansion_add,
-            payload_indexes, backend,
+            payload_indexes, backend, vector_dtype,
         )  # fmt: skip
         return cv.info(self._call(self._collections.CreateCollection, req, timeout))
 

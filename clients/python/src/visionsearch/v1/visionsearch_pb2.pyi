@@ -1101,6 +1101,7 @@ class CollectionConfig(_message.Message):
     HNSW_FIELD_NUMBER: _builtins.int
     PAYLOAD_INDEXES_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    VECTOR_DTYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters from [A-Za-z0-9_-]."""
     dim: _builtins.int
@@ -1128,6 +1129,11 @@ class CollectionConfig(_message.Message):
     URI: a caller cannot make the server connect elsewhere. Milvus collections choose their own index (the
     `index` and `hnsw` settings do not apply), and filters run in Milvus as expressions.
     """
+    vector_dtype: _builtins.str
+    """How the HNSW graph stores its copy of the vectors: "" or "f32", "f16" (half the graph's memory), "i8"
+    (a quarter). For index HNSW or AUTO only (INVALID_ARGUMENT otherwise, or for another value); exact
+    storage, snapshots and exact re-scoring stay float32. README "Scaling" has the measured trade-offs.
+    """
     @_builtins.property
     def hnsw(self) -> Global___HnswConfig:
         """Graph settings used when the index is (or INDEX_AUTO chooses) HNSW. Saved with the collection."""
@@ -1149,10 +1155,11 @@ class CollectionConfig(_message.Message):
         hnsw: Global___HnswConfig | None = ...,
         payload_indexes: _abc.Iterable[Global___PayloadIndex] | None = ...,
         backend: _builtins.str = ...,
+        vector_dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hnsw", b"hnsw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "payload_indexes", b"payload_indexes", "recall_target", b"recall_target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "payload_indexes", b"payload_indexes", "recall_target", b"recall_target", "vector_dtype", b"vector_dtype"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
