@@ -6,7 +6,8 @@ clients generate their stubs from protos/ when built (never committed), and the 
 (incrementally), so they always exercise the current proto.
 
 The clients run as subprocesses against the session's in-process server on port 0 (the one with the
-``default`` collection), reached through ``VISIONSEARCH_ADDRESS``, and against two in-process servers with
+``default`` collection, and a 3,000-item shop collection the Python client writes for the query-contract
+tests), reached through ``VISIONSEARCH_ADDRESS``, and against two in-process servers with
 TLS and API keys (one also requiring client certificates), with certificates made for the module by
 tests/pki.py and keys by ``add_key``.
 """
@@ -110,7 +111,9 @@ TS_SECURE_SUITE = "security.test.js"
 
 
 def test_typescript_client_calls_every_rpc(typescript_built: Path, client_env: dict[str, str]) -> None:
-    """node --test: every RPC of the four services, and two refusals checked by their status codes."""
+    """node --test: every RPC of the four services, and two refusals checked by their status codes
+    (test/client.test.ts); typed payloads, filters, searchBatch, scroll, recommend, setPayload and
+    updateCollection with a field mask, and the server's refusals of bad filters (test/query.test.ts)."""
     tests = sorted(
         str(p.relative_to(TS))
         for p in (typescript_built / "test").glob("*.test.js")
