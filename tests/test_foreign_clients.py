@@ -423,7 +423,7 @@ def shop(client: Client) -> Iterator[Shop]:
     vectors = _unit(SHOP_ITEMS, 16, 7)
     rng = random.Random(8)
     products = {f"p{n}": _product(n, rng) for n in range(SHOP_ITEMS)}
-    items = [Item(i, vector=vectors[n], payload=p) for n, (i, p) in enumerate(products.items())]
+    items = [Item(i, vector=vectors[n], payload=p) for n, (i, p) in enumerate(products.items())]  # type: ignore[arg-type]
     for start in range(0, SHOP_ITEMS, 1000):
         client.upsert(name, items[start : start + 1000])
     yield Shop(name, vectors, products)
@@ -496,8 +496,8 @@ def test_cpp_batch_equals_single_searches(shop: Shop, client: Client, cli: Path,
     r = cli_run(cli, address, "batch", shop.name, "-", stdin="\n".join(map(json.dumps, searches)) + "\n")
     assert r.returncode == 0, explain(r)
     got: dict[int, list[tuple[str, str]]] = {}
-    for n, hit_id, score, _label in hit_lines(r):
-        got.setdefault(int(n), []).append((hit_id, score))
+    for search, hit_id, score, _label in hit_lines(r):
+        got.setdefault(int(search), []).append((hit_id, score))
     singles = [client.search(shop.name, vector=shop.vectors[n], k=5) for n in range(8)]
     singles.append(client.search(shop.name, id="p3", k=4, filter=SHOP_FILTER))
     singles.append(client.search(shop.name, vector=shop.vectors[9], k=50, score_threshold=0.6))
