@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and builds what the TypeScript and C++ clients need, idempotently (the tests in
 # tests/test_foreign_clients.py use both):
-#   - Debian packages: protoc, grpc_cpp_plugin, the gRPC C++ and protobuf headers and libraries, cmake, g++;
+#   - Debian packages: protoc, grpc_cpp_plugin, the gRPC C++ and protobuf headers and libraries, nlohmann-json
+#     (the C++ CLI's JSON), cmake, g++;
 #   - clients/typescript/node_modules by `npm ci` from the committed package-lock.json (exact versions: buf,
 #     protoc-gen-es, connect, typescript), redone only when package.json, the lock file or .npmrc change;
 #   - clients/cpp/build: cmake configure (once) and an incremental build of visionsearch-cli and of
@@ -16,7 +17,7 @@ say() { printf '\033[1msetup-clients:\033[0m %s\n' "$*"; }
 
 # ---- Debian packages
 missing=()
-for pkg in protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev cmake g++ make pkg-config; do
+for pkg in protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev nlohmann-json3-dev cmake g++ make pkg-config; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -6,7 +6,8 @@ clients generate their stubs from protos/ when built (never committed), and the 
 (incrementally), so they always exercise the current proto.
 
 The clients run as subprocesses against the session's in-process server on port 0 (the one with the
-``default`` collection), reached through ``VISIONSEARCH_ADDRESS``, and against two in-process servers with
+``default`` collection, and a 3,000-item shop collection the Python client writes for the query-contract
+tests), reached through ``VISIONSEARCH_ADDRESS``, and against two in-process servers with
 TLS and API keys (one also requiring client certificates), with certificates made for the module by
 tests/pki.py and keys by ``add_key``.
 """
@@ -15,14 +16,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
-from visionsearch_client import Client, Item
+from visionsearch_client import Client, Item, VisionSearchError
+from visionsearch_client.filters import between, match, where
 
 from server.app import Running, create_server
 from server.auth import add_key
@@ -30,6 +35,7 @@ from server.config import Config
 from server.services import Services
 from tests.conftest import LION, ROOT
 from tests.pki import Pair, client_certificates
+from tests.test_query_contract import SHOP, SHOP_FILTER, _product, _unit
 
 TS = ROOT / "clients" / "typescript"
 CPP_BUILD = ROOT / "clients" / "cpp" / "build"
@@ -105,7 +111,9 @@ TS_SECURE_SUITE = "security.test.js"
 
 
 def test_typescript_client_calls_every_rpc(typescript_built: Path, client_env: dict[str, str]) -> None:
-    """node --test: every RPC of the four services, and two refusals checked by their status codes."""
+    """node --test: every RPC of the four services, and two refusals checked by their status codes
+    (test/client.test.ts); typed payloads, filters, searchBatch, scroll, recommend, setPayload and
+    updateCollection with a field mask, and the server's refusals of bad filters (test/query.test.ts)."""
     tests = sorted(
         str(p.relative_to(TS))
         for p in (typescript_built / "test").glob("*.test.js")
@@ -382,6 +390,219 @@ def test_cpp_refuses_unusable_tls_settings(cli: Path, secure: Secure, tmp_path: 
     for args, message in cases.items():
         r = cpp(cli, secure, *args, key=None)
         assert r.returncode == 2 and message in r.stderr and "usage:" in r.stderr, explain(r)
+
+
+# ---------------------------------------------------------------- filters, batches, scroll, payloads
+
+# The shop query in the C++ CLI's filter syntax (clients/cpp/README.md, "JSON forms"): SHOP_FILTER's twin.
+SHOP_JSON = json.dumps(
+    {
+        "must": [
+            {"key": "category", "match": "shirt"},
+            {"key": "price", "range": {"lt": 30}},
+            {"key": "in_stock", "match": True},
+            {"key": "sizes", "match": "M"},
+        ]
+    }
+)
+SHOP_ITEMS = 3000
+
+
+@dataclass(frozen=True)
+class Shop:
+    name: str
+    vectors: np.ndarray
+    products: dict[str, dict[str, object]]  # id -> payload
+
+
+@pytest.fixture(scope="module")
+def shop(client: Client) -> Iterator[Shop]:
+    """3,000 products (tests/test_query_contract.py's payloads) in the session server, written by Python."""
+    name = f"shop_{os.getpid()}"
+    client.create_collection(name, dim=16, payload_indexes=SHOP)
+    vectors = _unit(SHOP_ITEMS, 16, 7)
+    rng = random.Random(8)
+    products = {f"p{n}": _product(n, rng) for n in range(SHOP_ITEMS)}
+    items = [Item(i, vector=vectors[n], payload=p) for n, (i, p) in enumerate(products.items())]  # type: ignore[arg-type]
+    for start in range(0, SHOP_ITEMS, 1000):
+        client.upsert(name, items[start : start + 1000])
+    yield Shop(name, vectors, products)
+    client.drop_collection(name)
+
+
+def cli_run(cli: Path, address: str, *args: str, stdin: str | None = None) -> Result:
+    return subprocess.run(
+        [str(cli), "--address", address, *args], cwd=ROOT, input=stdin, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+
+
+def hit_lines(r: Result) -> list[list[str]]:
+    return [line.split("\t") for line in r.stdout.splitlines()]
+
+
+def test_the_shop_query_from_typescript_and_cpp_equals_python(
+    shop: Shop, client: Client, typescript_built: Path, cli: Path, address: str, client_env: dict[str, str]
+) -> None:
+    """'Similar shirts, in stock, under 30, size M' in one call: the same hits, payloads and count from the
+    TypeScript example, the C++ CLI and the Python client."""
+    want = client.search(shop.name, id="p0", k=10, filter=SHOP_FILTER)
+    assert len(want) == 10
+    passing = client.count(shop.name, filter=SHOP_FILTER)
+
+    example = typescript_built / "examples" / "shop.js"
+    r = run(["node", str(example), shop.name, "p0", "10"], cwd=TS, env=client_env, timeout=120)
+    assert r.returncode == 0, explain(r)
+    *hits, last = hit_lines(r)
+    assert [h[0] for h in hits] == [h.id for h in want], explain(r)
+    assert [json.loads(h[2]) for h in hits] == [h.payload for h in want], explain(r)
+    assert last == [f"passing: {passing}"], explain(r)
+    assert "pass the filter" in r.stderr, explain(r)  # the plan's note
+
+    query = ["--id", "p0", "-k", "10", "--filter", SHOP_JSON, "--show-payload"]
+    r = cli_run(cli, address, "search", shop.name, *query)
+    assert r.returncode == 0, explain(r)
+    got = hit_lines(r)
+    assert [(h[0], h[1]) for h in got] == [(h.id, f"{h.score:.4f}") for h in want], explain(r)
+    assert [json.loads(h[3]) for h in got] == [h.payload for h in want], explain(r)
+    r = cli_run(cli, address, "count", shop.name, "--filter", SHOP_JSON)
+    assert r.returncode == 0 and r.stdout == f"{passing}\n", explain(r)
+
+
+def test_cpp_scroll_prints_every_item_once(shop: Shop, client: Client, cli: Path, address: str) -> None:
+    """3,000 items, 250 a page: every id once, in order, with its payload as it went in."""
+    r = cli_run(cli, address, "scroll", shop.name, "--limit", "250")
+    assert r.returncode == 0, explain(r)
+    lines = hit_lines(r)
+    ids = [line[0] for line in lines]
+    assert ids == sorted(shop.products), "ids missing, repeated or out of order"
+    assert {i: json.loads(p) for i, p in lines} == shop.products
+
+    cheap = where(must=[between("stock", lte=4)], must_not=[match("category", "hat")])
+    cheap_json = json.dumps(
+        {"must": [{"key": "stock", "range": {"lte": 4}}], "must_not": [{"key": "category", "match": "hat"}]}
+    )
+    r = cli_run(cli, address, "scroll", shop.name, "--filter", cheap_json, "--limit", "7")
+    assert r.returncode == 0, explain(r)
+    assert [line[0] for line in hit_lines(r)] == [i.id for i in client.scroll(shop.name, filter=cheap)]
+    r = cli_run(cli, address, "count", shop.name, "--filter", cheap_json)
+    assert r.stdout == f"{client.count(shop.name, filter=cheap)}\n", explain(r)
+
+
+def test_cpp_batch_equals_single_searches(shop: Shop, client: Client, cli: Path, address: str) -> None:
+    searches = [{"vector": [float(x) for x in shop.vectors[n]], "k": 5} for n in range(8)]
+    searches.append({"id": "p3", "k": 4, "filter": json.loads(SHOP_JSON), "with_payload": False})
+    searches.append({"vector": [float(x) for x in shop.vectors[9]], "k": 50, "score_threshold": 0.6})
+    r = cli_run(cli, address, "batch", shop.name, "-", stdin="\n".join(map(json.dumps, searches)) + "\n")
+    assert r.returncode == 0, explain(r)
+    got: dict[int, list[tuple[str, str]]] = {}
+    for search, hit_id, score, _label in hit_lines(r):
+        got.setdefault(int(search), []).append((hit_id, score))
+    singles = [client.search(shop.name, vector=shop.vectors[n], k=5) for n in range(8)]
+    singles.append(client.search(shop.name, id="p3", k=4, filter=SHOP_FILTER))
+    singles.append(client.search(shop.name, vector=shop.vectors[9], k=50, score_threshold=0.6))
+    assert 0 < len(singles[9]) < 50  # the threshold cut the list
+    for n, single in enumerate(singles):
+        assert got.get(n, []) == [(h.id, f"{h.score:.4f}") for h in single], f"search {n}\n{explain(r)}"
+
+
+def test_cpp_typed_payloads_and_set_payload_change_what_a_filter_finds(
+    client: Client, cli: Path, address: str, tmp_path: Path
+) -> None:
+    name = f"cpp_payloads_{os.getpid()}"
+    indexes = "category=keyword,price=float,in_stock=bool,sizes=keyword,stock=integer"
+    r = cli_run(cli, address, "create", name, "--dim", "3", "--payload-index", indexes)
+    assert r.returncode == 0, explain(r)
+    info = r.stdout.rstrip("\n").split("\t")  # name, count, dim, index in use, payload indexes
+    assert info[:3] == [name, "0", "3"] and info[4] == indexes, explain(r)
+    try:
+        items = tmp_path / "items.jsonl"
+        a = {"category": "shirt", "price": 24.9, "in_stock": True, "sizes": ["S", "M"], "stock": 3,
+             "title": "lion tee", "counts": [1, 2]}  # fmt: skip
+        b = {"category": "hat", "price": 12.0, "stock": 0}  # 12.0 is sent as a double, 30 as an integer
+        c = {"category": "hat", "price": 30, "in_stock": True}
+        lines = [
+            json.dumps({"id": "a", "vector": [1, 0, 0], "payload": a}),
+            "",  # blank lines are skipped
+            json.dumps({"id": "b", "vector": [0.9, 0.1, 0], "payload": b}),
+            json.dumps({"id": "c", "vector": [0.8, 0.2, 0], "payload": c}),
+        ]
+        items.write_text("\n".join(lines) + "\n")
+        r = cli_run(cli, address, "upsert", name, str(items))
+        assert r.returncode == 0 and r.stdout == "upserted 3; count 3\n", explain(r)
+        got = {i.id: i.payload for i in client.get_items(name, ["a", "b", "c"])}
+        assert got["a"] == a
+        assert isinstance(got["b"]["price"], float) and isinstance(got["c"]["price"], int)  # 12.0 and 30
+        assert isinstance(got["a"]["stock"], int) and got["a"]["in_stock"] is True
+
+        shirts = '{"must": [{"key": "category", "match": "shirt"}, {"key": "in_stock", "match": true}]}'
+        assert cli_run(cli, address, "count", name, "--filter", shirts).stdout == "1\n"
+        r = cli_run(cli, address, "set-payload", name, "b", "c", "nope", "--payload",
+                    '{"category": "shirt", "in_stock": true, "sizes": ["M"]}')  # fmt: skip
+        assert r.returncode == 0 and r.stdout == "updated 2\n", explain(r)
+        assert cli_run(cli, address, "count", name, "--filter", shirts).stdout == "3\n"
+        r = cli_run(cli, address, "search", name, "--vector", "1,0,0", "--filter", shirts, "-k", "5")
+        assert [h[0] for h in hit_lines(r)] == ["a", "b", "c"], explain(r)
+        assert client.get_items(name, ["b"])[0].payload == {
+            "category": "shirt", "price": 12.0, "stock": 0, "in_stock": True, "sizes": ["M"]
+        }  # fmt: skip
+
+        r = cli_run(cli, address, "delete-payload-keys", name, "c", "--keys", "in_stock")
+        assert r.returncode == 0 and r.stdout == "updated 1\n", explain(r)
+        r = cli_run(cli, address, "scroll", name, "--filter", '{"must_not": [{"exists": "in_stock"}]}')
+        assert hit_lines(r) == [["c", '{"category":"shirt","price":30,"sizes":["M"]}']], explain(r)
+
+        r = cli_run(cli, address, "recommend", name, "--positive", "a", "--negative", "c", "-k", "1")
+        assert r.returncode == 0 and [h[0] for h in hit_lines(r)] == ["b"], explain(r)
+        r = cli_run(cli, address, "update", name, "--recall-target", "0.9")
+        assert r.returncode == 0 and "stock=integer" in r.stdout, explain(r)  # the indexes stay
+        assert client.get_collection(name).recall_target == pytest.approx(0.9)
+
+        r = cli_run(cli, address, "delete", name, "--filter", '{"must": [{"key": "stock", "match": 0}]}')
+        assert r.returncode == 0 and r.stdout == "deleted 1\n", explain(r)
+        assert sorted(i.id for i in client.scroll(name)) == ["a", "c"]
+    finally:
+        client.drop_collection(name)
+
+
+def test_cpp_bad_filters(shop: Shop, client: Client, cli: Path, address: str) -> None:
+    """The server's refusal (exit 1) word for word; JSON the CLI cannot map (exit 2), named where it is."""
+    colour = where(must=[match("colour", "red")])
+    with pytest.raises(VisionSearchError) as refusal:
+        client.count(shop.name, filter=colour)
+    assert refusal.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    expected = f"error: INVALID_ARGUMENT (3): {refusal.value.details}\n"
+    assert "payload key 'colour' is not indexed" in expected
+    colour_json = '{"must": [{"key": "colour", "match": "red"}]}'
+    for args in (
+        ("count", shop.name),
+        ("search", shop.name, "--id", "p0"),
+        ("scroll", shop.name),
+        ("delete", shop.name),
+    ):
+        r = cli_run(cli, address, *args, "--filter", colour_json)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr == expected, explain(r)
+    assert client.count(shop.name) == SHOP_ITEMS
+
+    cases = {
+        '{"must": [{"key": "price", "range": {"lt": 3}}': "--filter: not valid JSON: parse error at line 1, "
+        "column 47: syntax error while parsing array - unexpected end of input; expected ']'",
+        '{"must": [{"key": "price", "rnage": {"lt": 3}}]}': '--filter: must[0]: unknown key "rnage"',
+        '{"must": [{"key": "price", "match": 2.5}]}': "--filter: must[0].match: match takes a string",
+        '{"must": [{"key": "price", "range": {"lt": "3"}}]}': "--filter: must[0].range.lt: expected a number",
+        '{"mustt": []}': '--filter: unknown key "mustt" (allowed: must, must_not, should)',
+        '[{"key": "a", "match": 1}]': "--filter: a filter is a JSON object of must, should and must_not",
+    }
+    for bad, message in cases.items():
+        r = cli_run(cli, address, "count", shop.name, "--filter", bad)
+        assert r.returncode == 2 and r.stdout == "" and f"visionsearch-cli: {message}" in r.stderr, explain(r)
+    r = cli_run(cli, address, "count", shop.name, "--limit", "3")
+    assert r.returncode == 2 and "count does not take --limit" in r.stderr, explain(r)
+    assert "usage:" in r.stderr, explain(r)
+    floats = '{"id": "x", "vector": [1], "payload": {"a": [1.5]}}\n'
+    r = cli_run(cli, address, "upsert", shop.name, "-", stdin=floats)
+    assert r.returncode == 2, explain(r)
+    assert "stdin:1: payload.a: a list holds only strings or only whole numbers" in r.stderr, explain(r)
 
 
 # ---------------------------------------------------------------- buf
