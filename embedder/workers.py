@@ -4,8 +4,8 @@ A torch forward of MobileNetV2 is ~150 module calls; between them the calling th
 In a process that also runs 16 gRPC threads decoding images and parsing protobufs, each of those hand-overs
 can wait out the interpreter's switch interval: on the 2-core development machine, 8 concurrent Embed
 callers got 76% of what the bare model does (bench/embed_throughput.py). Each worker here is a process
-(started with "spawn": forking a process that already runs threads is unsafe) holding its own copy of the
-network, with ``threads`` torch threads; it takes (m, S, S, 3) uint8 crops over a pipe and sends back
+(forked from a fork server, never from the serving process, which runs threads) with ``threads`` torch
+threads; it takes (m, S, S, 3) uint8 crops over a pipe and sends back
 (m, 1280) float32 features. A worker that dies is replaced and the call that was on it fails.
 """
 
@@ -26,12 +26,12 @@ log = logging.getLogger("visionsearch.embedder")
 
 def _serve(conn: Connection, weights: str, threads: int) -> None:
     """The child's loop: crops in, features out; an exception is sent back as its text."""
-    import torch  # imported in the child only: "spawn" starts a fresh interpreter
+    import torch  # already imported, with the network, by the fork server (embedder.preload)
 
-    from embedder.image import ImageNetwork
+    from embedder import preload
 
     torch.set_num_threads(threads)
-    net = ImageNetwork(weights)
+    net = preload.network(weights)
     conn.send(("ready", None))
     while True:
         try:
@@ -79,7 +79,10 @@ class ForwardPool:
     """``forward(pixels)`` on whichever worker process is idle; thread-safe, blocks while all are busy."""
 
     def __init__(self, weights: str, *, processes: int, threads: int, start_timeout: float = 120) -> None:
-        self._ctx = mp.get_context("spawn")
+        # A fork server that has imported torch and loaded the network (embedder.preload) forks the workers:
+        # they share those pages instead of each holding its own copy.
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["embedder.preload"])
         self._weights, self._threads = weights, threads
         self._lock = threading.Lock()
         self._closed = False
