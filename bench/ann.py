@@ -52,6 +52,7 @@ import faiss
 import numba
 import numpy as np
 import usearch
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from matplotlib.figure import Figure
 from usearch.index import Index
 
@@ -460,6 +461,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 5k base, 100 queries, few settings")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file (the PNG goes beside it)")
     args = p.parse_args(argv)
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     args.datasets = [s.strip() for s in args.datasets.split(",") if s.strip()]
     unknown = set(args.datasets) - LOADERS.keys()
     if unknown or not args.datasets:

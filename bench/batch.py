@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from filtered import cpu
 from visionsearch_client import Client, Item
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     base, queries = fashion(BATCH * args.reps)
     with BenchServer() as server, Client(server.address, timeout=600) as c:
         c.create_collection("b", dim=base.shape[1], index="auto")

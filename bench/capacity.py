@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from filtered import cpu  # bench/ is on sys.path when a bench script runs
 from scale import mixture, recall
 
@@ -126,6 +127,7 @@ def main() -> None:
     ap.add_argument("--embed-seconds", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     result: dict[str, Any] = {"machine": f"{cpu()} ({os.cpu_count()} cores)", "n": args.n}
     result["embedding"] = embedding_rate(args.embed_seconds)
     for dim in (int(d) for d in args.dims.split(",")):

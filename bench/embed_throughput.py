@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer  # bench/ is on sys.path when a bench script runs
 from PIL import Image
 from visionsearch.v1 import visionsearch_pb2 as pb
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--server-flags", default="", help="extra server flags, e.g. '--embed-max-batch 2'")
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     images = photos(64)
     raw = Raw(images)
     grid = raw.sweep(args.raw_seconds)

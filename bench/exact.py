@@ -36,6 +36,7 @@ from typing import Any
 import faiss
 import numba
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 
 from embedder.datasets import fashion_mnist
 from kernels.normalize import l2_normalize
@@ -178,6 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best is kept")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = p.parse_args(argv)
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     if min(args.base, args.queries, args.k, args.repeats) < 1 or args.k > args.base:
         p.error("--base, --queries, --k and --repeats must be >= 1, and --k <= --base")
     return args

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from visionsearch_client import Client, Item
 from visionsearch_client.filters import between, match, where
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     base, queries = fashion(args.queries)
     meta = payloads(len(base))
     truths: dict[str, list[list[int]]] = {}

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from filtered import cpu  # bench/ is on sys.path when a bench script runs
 from visionsearch_client import Client
 
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("flags", nargs="*", help="more server flags (after --)")
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--address", "127.0.0.1:0", "--data-dir", str(args.data_dir),
          "--log-level", "WARNING", *args.flags],

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import fashion  # bench/ is on sys.path when a bench script runs
 
 from kernels import ExactIndex, topk_inner_product
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     base, queries = fashion(args.queries)
     _, truth = topk_inner_product(base, queries, 10)
     storage = ExactIndex(784, capacity=len(base))

@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from embed_throughput import Raw, photos  # bench/ is on sys.path when a bench script runs
 
 from ingest.pipeline import FORWARD_BATCH, embedded_batches, start_ray
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--raw-seconds", type=float, default=3, help="per raw configuration in the sweep")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     cores = os.cpu_count() or 1
     print(f"machine: {cpu_model()}, {cores} cores, load average {os.getloadavg()[0]:.2f} at start")
 

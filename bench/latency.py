@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch_client import Client, Item
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--p99-bound-ms", type=float, default=3.0)
     ap.add_argument("--no-sweep", action="store_true")
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     base, queries = fashion(2000)
     RESULTS.mkdir(exist_ok=True)
     summary: dict[str, object] = {"rate": args.rate, "seconds": args.seconds, "cpus": os.cpu_count()}

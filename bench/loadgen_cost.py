@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer  # bench/ is on sys.path when a bench script runs
 from visionsearch_client import Client, Item
 from visionsearch_client.loadtest import LoadConfig, Report, run
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--items", type=int, default=5000)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     machine = f"{cpu_model()}, {os.cpu_count()} cpus"
     print(f"machine: {machine}")
     out: dict[str, object] = {"machine": machine, "rate": args.rate, "seconds": args.seconds, "rounds": []}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import fashion  # bench/ is on sys.path when a bench script runs
 
 from kernels import topk_inner_product
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     base, queries = fashion(args.queries)
     _, truth = topk_inner_product(base, queries, 10)
     rows = np.arange(len(base), dtype=np.int64)

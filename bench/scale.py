@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 
 from kernels import ExactIndex, topk_inner_product
 from kernels.hnsw import HNSWParams
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         "--indexes", default="exact,lsh,hnsw", help="which to run; others keep their saved results"
     )
     args = p.parse_args(argv)
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
 
     centres = np.random.default_rng(0).standard_normal((2000, args.dim)).astype(np.float32)
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer  # bench/ is on sys.path when a bench script runs
 from visionsearch_client import Client, Item
 from visionsearch_client.loadtest import LoadConfig, run
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=RESULTS / "security_cost.json")
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
 
     tmp = Path(tempfile.mkdtemp(prefix="vs-security-"))
     ca = Authority(tmp, "ca")

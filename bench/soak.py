@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from visionsearch_client import Client, Item
 from visionsearch_client.loadtest import LoadConfig, run
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=["python", "native"], default="python")
     ap.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
 
     base, queries = fashion(1000)
     flags = ("--fsync", "--snapshot-wal-bytes", str(8 << 20), "--embed-processes", "0")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from hdrh.histogram import HdrHistogram
 from visionsearch_client import Client, Item
@@ -154,6 +155,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     base, queries = fashion(args.queries)
     _, truth = topk_inner_product(base, queries, K)
     result: dict[str, Any] = {"base": len(base), "queries": len(queries), "k": K, "cpus": os.cpu_count()}
