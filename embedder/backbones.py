@@ -67,9 +67,12 @@ BACKBONES: dict[str, Backbone] = {
         "mobilenet_v2", 1280, 224, (64, 96, 128, 160, 192, 224), _IMAGENET_MEAN, _IMAGENET_STD,
         assets.mobilenet_v2_weights,
     ),
-    "efficientnet_lite0": Backbone("efficientnet_lite0", 1280, 224, (224,), _TF_MEAN, _TF_STD, _lite_weights(0)),
-    "efficientnet_lite1": Backbone("efficientnet_lite1", 1280, 240, (240,), _TF_MEAN, _TF_STD, _lite_weights(1)),
-    "efficientnet_lite2": Backbone("efficientnet_lite2", 1280, 260, (260,), _TF_MEAN, _TF_STD, _lite_weights(2)),
+    **{
+        f"efficientnet_lite{n}": Backbone(
+            f"efficientnet_lite{n}", 1280, size, (size,), _TF_MEAN, _TF_STD, _lite_weights(n)
+        )
+        for n, size in ((0, 224), (1, 240), (2, 260))
+    },
 }  # fmt: skip
 
 
@@ -84,7 +87,7 @@ class _LiteFeatures(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)  # type: ignore[operator,no-any-return]
+        return self.net.extract_features(x)  # type: ignore[operator]
 
 
 def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.Linear]:

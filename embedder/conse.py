@@ -40,6 +40,8 @@ _HINTS = (
     (range(959, 966), "food"),
 )
 _TOKEN = re.compile(r"[a-z]+")
+# Bump when class texts or their encoding change.
+CLASS_TEXT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -47,17 +49,18 @@ class ConseSettings:
     semantics: str = "wordnet"  # "wordnet" or "hints"
     name_weight: float = 1.0
     hypernym_weight: float = 1.0
-    hypernym_decay: float = 0.8  # weight of each hypernym level relative to the level below it
+    hypernym_decay: float = 0.6  # weight of each hypernym level relative to the level below it
     hypernym_levels: int = 8
     # Hypernyms shallower than this (entity, object, whole, living thing, artifact: depth <= 4) say nothing.
     min_depth: int = 5
     gloss_weight: float = 0.3
-    temperature: float = 1.0
+    temperature: float = 3.0
     top: int = 10
 
     def text_key(self) -> str:
-        """What the class vectors depend on (not the image-side settings)."""
-        d = asdict(self)
+        """What the class vectors depend on (not the image-side settings), with the version of the code that
+        makes them: a cached file from another version is never read."""
+        d = asdict(self) | {"version": CLASS_TEXT_VERSION}
         for k in ("temperature", "top"):
             d.pop(k)
         return json.dumps(d, sort_keys=True)
@@ -65,7 +68,8 @@ class ConseSettings:
 
 # The first version: class name plus a super-category word, the plain softmax, the top 10 classes.
 LEGACY = ConseSettings(semantics="hints", temperature=1.0, top=10)
-# Calibrated on the tuning half (training/calibrate.py; bench/results/zero_shot/calibration.json).
+# Calibrated on the tuning half (training/calibrate.py; bench/results/zero_shot/calibration.json): the best
+# setting of the chosen backbone, efficientnet_lite1, with MiniLM text (conse:minilm).
 DEFAULT = ConseSettings()
 
 

@@ -103,6 +103,7 @@ class HeadSpace:
                 f"not {text.name} ({text.dim}-d)"
             )
         self.name = f"head:{name}"
+        self.backbone = backbone
         self.text = text
         self.dim = self.meta.dim
         self.input_size = self.meta.input_size

@@ -13,17 +13,19 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torchvision
 
+from embedder.backbones import BACKBONES
 from embedder.conse import ConSE
 from embedder.head import HeadMismatch, HeadSpace, read_meta
-from embedder.image import ImageEmbedder
+from embedder.image import ImageEmbedder, ImageNetwork
+from embedder.tags import HierarchyTagger
 from embedder.taxonomy import Taxonomy
 from embedder.text import MiniLMText, SpacyText, TextSpace
 from embedder.words import WordVectors
 
 IMAGENET_CLASSES: list[str] = list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
-# A trained head and ConSE map into the same text space; ``headconse:NAME`` serves their mean, which keeps the
-# head's sharpness on the classes it was trained on and ConSE's reach beyond them (training/heads_eval.py).
+# A trained head and ConSE map into the same text space; ``head+conse:NAME`` serves their mean, which keeps
+# the head's sharpness on the classes it was trained on and ConSE's reach beyond them (training/heads_eval.py).
 HEAD_CONSE_WEIGHT = 0.5
 
 
@@ -42,6 +44,7 @@ class JointSpace(Protocol):
     dim: int
     text: TextSpace
     input_size: int  # the image input size its features must be computed at
+    backbone: str  # the backbone whose features it maps
 
     def project(self, features: np.ndarray) -> np.ndarray: ...
 
@@ -67,16 +70,19 @@ class JointRegistry:
         self._threads = threads
         self._lock = threading.Lock()
         self._text: dict[str, TextSpace] = {}
-        self._spaces: dict[str, JointSpace] = {}
+        self._spaces: dict[tuple[str, str], JointSpace] = {}
         self._taxonomy: Taxonomy | None = None
+        self._tagger: HierarchyTagger | None = None
+        self._classifiers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def dims(self) -> dict[str, int]:
-        """Every joint space offered, with its width: the ConSE spaces and each head in ``heads_dir``."""
+        """Every joint space offered, with its width: the ConSE spaces, and each head in ``heads_dir`` alone
+        (``head:NAME``) and mixed with ConSE (``head+conse:NAME``)."""
         dims = {f"conse:{t}": d for t, d in self.TEXT_DIMS.items()}
         if self._heads_dir.is_dir():
             for path in sorted(self._heads_dir.glob("*.safetensors")):
                 try:
-                    dims[f"head:{path.stem}"] = read_meta(path).dim
+                    dims[f"head:{path.stem}"] = dims[f"head+conse:{path.stem}"] = read_meta(path).dim
                 except (HeadMismatch, OSError, ValueError):
                     continue  # not a head checkpoint; get() names the problem if it is asked for
         return dims
@@ -105,19 +111,84 @@ class JointRegistry:
             self._taxonomy = Taxonomy.load(IMAGENET_CLASSES, self._cache_dir)
         return self._taxonomy
 
-    def get(self, name: str) -> JointSpace:
+    def tagger(self) -> HierarchyTagger:
+        """The WordNet hierarchy tagger over the ImageNet classes (built once)."""
         with self._lock:
-            if name not in self._spaces:
-                kind, _, arg = name.partition(":")
-                if kind == "conse" and arg in self.TEXT_DIMS:
-                    self._spaces[name] = ConSE(
-                        self._images.classifier(), self._text_locked(arg), self._taxonomy_locked(),
-                        cache_dir=self._cache_dir, backbone=self._images.model_name,
-                    )  # fmt: skip
-                elif kind == "head" and arg and (self._heads_dir / f"{arg}.safetensors").is_file():
-                    path = self._heads_dir / f"{arg}.safetensors"
-                    text = self._text_locked(read_meta(path).text)
-                    self._spaces[name] = HeadSpace(arg, path, text, self._images.model_name, self._images.dim)
+            if self._tagger is None:
+                self._tagger = HierarchyTagger(self._taxonomy_locked())
+            return self._tagger
+
+    def classifier(self, backbone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A backbone's ImageNet classifier (weight (classes, dim), bias); the server's own by default."""
+        backbone = backbone or self._images.model_name
+        with self._lock:
+            if backbone not in self._classifiers:
+                if backbone == self._images.model_name:
+                    self._classifiers[backbone] = self._images.classifier()
                 else:
-                    raise KeyError(name)
-            return self._spaces[name]
+                    spec = BACKBONES[backbone]
+                    linear = ImageNetwork(str(spec.weights()), backbone).classifier
+                    w, b = linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
+                    self._classifiers[backbone] = (w, b)
+            return self._classifiers[backbone]
+
+    def class_probabilities(self, features: np.ndarray, backbone: str | None = None) -> np.ndarray:
+        """(m, classes) ImageNet class probabilities of a backbone's features (plain softmax)."""
+        weight, bias = self.classifier(backbone)
+        logits = np.asarray(features, np.float32) @ weight.T + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def get(self, name: str, backbone: str | None = None) -> JointSpace:
+        """The joint space ``name`` over features of ``backbone``. Without one: the server's backbone for
+        ConSE, the backbone a head was trained on for ``head:`` and ``head+conse:``."""
+        kind, _, arg = name.partition(":")
+        path = self._heads_dir / f"{arg}.safetensors"
+        is_head = kind in ("head", "head+conse") and bool(arg) and path.is_file()
+        if not (is_head or (kind == "conse" and arg in self.TEXT_DIMS)):
+            raise KeyError(name)
+        meta = read_meta(path) if is_head else None
+        backbone = backbone or (meta.backbone if meta else self._images.model_name)
+        if backbone not in BACKBONES:
+            raise HeadMismatch(
+                f"head {arg!r} was trained on {backbone} features, which this server does not compute "
+                f"(it has {', '.join(BACKBONES)})"
+            )
+        classifier = self.classifier(backbone) if kind in ("conse", "head+conse") else None
+        with self._lock:
+            key = (name, backbone)
+            if key not in self._spaces:
+                if meta is None:
+                    assert classifier is not None
+                    self._spaces[key] = ConSE(
+                        classifier, self._text_locked(arg), self._taxonomy_locked(),
+                        cache_dir=self._cache_dir, backbone=backbone,
+                    )  # fmt: skip
+                else:
+                    text = self._text_locked(meta.text)
+                    head = HeadSpace(arg, path, text, backbone, BACKBONES[backbone].dim)
+                    if classifier is None:
+                        self._spaces[key] = head
+                    else:
+                        conse = ConSE(
+                            classifier, text, self._taxonomy_locked(), cache_dir=self._cache_dir, backbone=backbone
+                        )
+                        self._spaces[key] = HeadWithConSE(head, conse)
+            return self._spaces[key]
+
+
+class HeadWithConSE:
+    """``head+conse:NAME``: a trained head's joint vectors mixed with ConSE's in the head's text space (the
+    JointSpace protocol). The head is sharp on the classes it was trained on; ConSE reaches the others."""
+
+    def __init__(self, head: HeadSpace, conse: ConSE, weight: float = HEAD_CONSE_WEIGHT) -> None:
+        self.name = f"head+conse:{head.name.partition(':')[2]}"
+        self.head, self.conse, self.weight = head, conse, weight
+        self.text = head.text
+        self.dim = head.dim
+        self.input_size = head.input_size
+        self.backbone = head.backbone
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return mix_head_conse(self.head.project(features), self.conse.project(features), self.weight)

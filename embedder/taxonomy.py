@@ -45,7 +45,7 @@ class Taxonomy:
 
     @classmethod
     def load(cls, names: Sequence[str], cache_dir: Path) -> Taxonomy:
-        """From the cache, or built from WordNet (which must then be installed: AssetMissing names the fix)."""
+        """From the cache, or built from WordNet (which must then be installed: AssetMissing says how)."""
         key = f"{VERSION}-" + hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
         path = cache_dir / f"imagenet-wordnet-{key}.json"
         if path.is_file():

@@ -4,8 +4,8 @@ ImageNet's 1,000 classes are WordNet 3.0 noun synsets, sorted by their id (``n``
 ``data.noun``), but torchvision only ships their display names. A class is mapped back to its synset by its
 name: among the noun synsets that have the name as a lemma, the mapping keeps the longest chain whose offsets
 strictly increase in class order; a class whose name matches no lemma, or no sense that fits the chain, takes
-the one sense of the longest part of its name that lies between its neighbours' offsets. ``tests/test_wordnet.py`` checks known
-chains (tabby -> cat -> feline -> carnivore -> mammal).
+the one sense of the longest part of its name that lies between its neighbours' offsets.
+``tests/test_wordnet.py`` checks known chains (tabby -> cat -> feline -> carnivore -> mammal).
 
 nltk reads WordNet's database files, but its reader insists on a ``lexnames`` file that Debian leaves out;
 ``open_wordnet`` copies the Debian files into a cache folder and writes one there (the 45 lexicographer
@@ -39,7 +39,8 @@ _LEXNAMES = (
     "noun.quantity 1", "noun.relation 1", "noun.shape 1", "noun.state 1", "noun.substance 1", "noun.time 1",
     "verb.body 2", "verb.change 2", "verb.cognition 2", "verb.communication 2", "verb.competition 2",
     "verb.consumption 2", "verb.contact 2", "verb.creation 2", "verb.emotion 2", "verb.motion 2",
-    "verb.perception 2", "verb.possession 2", "verb.social 2", "verb.stative 2", "verb.weather 2", "adj.ppl 3",
+    "verb.perception 2", "verb.possession 2", "verb.social 2", "verb.stative 2", "verb.weather 2",
+    "adj.ppl 3",
 )  # fmt: skip
 _FILES = (
     "data.noun", "data.verb", "data.adj", "data.adv", "index.noun", "index.verb", "index.adj", "index.adv",
@@ -86,7 +87,7 @@ def open_wordnet(cache_dir: Path) -> Any:
         if str(root.resolve()) not in nltk.data.path:
             nltk.data.path.append(str(root.resolve()))
 
-        class Reader(WordNetCorpusReader):  # type: ignore[misc]
+        class Reader(WordNetCorpusReader):
             def map_wn(self, version: str = "wordnet") -> None:
                 # nltk maps other WordNet versions onto its own download for multilingual lookups; this
                 # is WordNet 3.0 itself and only English is used, so there is nothing to map.
@@ -177,7 +178,7 @@ def map_imagenet_classes(wn: Any, names: Sequence[str]) -> list[ClassSynset | No
 def hypernym_chain(synset: Any, limit: int = 12) -> list[Any]:
     """The synset's ancestors nearest first, along the first hypernym at each step (instance hypernyms
     count): tabby -> cat (domestic cat) -> cat (feline) -> feline -> carnivore -> placental -> mammal ..."""
-    chain = []
+    chain: list[Any] = []
     s = synset
     while len(chain) < limit:
         parents = s.hypernyms() or s.instance_hypernyms()

@@ -27,7 +27,8 @@ Inline = Callable[[Any], bool]  # request -> whether the call may run on the eve
 
 # Per RPC: when it may run inline (anything not listed runs in the pool).
 INLINE: dict[str, Inline] = {
-    "Search": lambda r: r.WhichOneof("query") != "image" and not r.text.sentence,
+    # A hybrid search may build its BM25 index first: in the pool.
+    "Search": lambda r: r.WhichOneof("query") != "image" and not r.text.sentence and not r.HasField("hybrid"),
     "NearestWords": lambda r: True,
     "Embed": lambda r: r.WhichOneof("input") == "word",
     "GetCollection": lambda r: True,

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from embedder.train import main as train_main
 from safetensors.torch import save_file
 from visionsearch_client import Client, Item
 
@@ -23,7 +24,6 @@ from embedder.head import (
     save_head,
     train_head,
 )
-from embedder.train import main as train_main
 from server.app import Running
 from tests.conftest import LION
 from tests.test_bad_input import refused

@@ -1,4 +1,4 @@
-"""Evaluate zero-shot search and tagging: ``python -m training.evaluate --queries training/queries/held_out.jsonl``.
+"""Evaluate zero-shot search and tagging: ``python -m training.evaluate --queries FILE [--queries FILE2]``.
 
 Scores words -> images (P@10, nDCG@10, P@10 over the best possible) for every query of each ``--queries`` file
 on the default collection's photos, and image -> tags on the Tux Paint photos of animals, food and plants (the
@@ -7,7 +7,8 @@ writes ``NAME.json`` (means, one row per query, the tag rows) and ``NAME.md`` (t
 first) to ``--out``.
 
 ``--conse legacy`` is the first version (class names with a super-category hint, plain softmax, top 10
-classes, every query word counted, tags = nearest vocabulary words); ``--conse default`` what the server ships.
+classes, every query word counted, tags = nearest vocabulary words); ``--conse default`` is what the server
+ships.
 ``--hybrid label,caption`` fuses BM25 over those payload fields with the dense ranking (reported apart:
 it reads the photos' names and captions).
 
@@ -258,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hybrid", default="", help="payload fields for BM25 fused with the dense ranking")
     p.add_argument("--head", type=Path, default=None, help="a DeViSE head mixed into the ConSE space")
     p.add_argument("--head-weight", type=float, default=0.5)
-    p.add_argument("--fashion-sample", type=int, default=1000)
+    p.add_argument("--fashion-sample", type=int, default=1000, help="Fashion-MNIST photos in the corpus")
+    p.add_argument(
+        "--categories", default="", help="only these Tux Paint folders, e.g. food,plants (quick runs)"
+    )
     p.add_argument("--no-tags", action="store_true", help="skip the image -> tags measure")
     args = p.parse_args(argv)
     setup = parse_setup(args)
-    ev = Evaluator(args.data_dir, default_corpus(args.fashion_sample))
+    categories = [c for c in args.categories.split(",") if c]
+    ev = Evaluator(args.data_dir, default_corpus(args.fashion_sample, categories))
     try:
         files = {path.stem: load_queries(path) for path in args.queries}
         for qs in files.values():

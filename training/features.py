@@ -75,7 +75,7 @@ def stamp_features(
 def fashion_sample_features(
     embedder: ImageEmbedder, cache_dir: Path, split: str, indices: Sequence[int], size: int
 ) -> np.ndarray:
-    """Features of the Fashion-MNIST photos at ``indices`` of a split (e.g. the default collection's sample)."""
+    """Features of the Fashion-MNIST photos at ``indices`` of a split (the default collection's sample)."""
     images, _ = fashion_mnist(split)
     idx = [int(i) for i in indices]
     key = hashlib.sha256(",".join(map(str, idx)).encode()).hexdigest()[:12]

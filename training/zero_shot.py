@@ -15,7 +15,7 @@ import fnmatch
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +71,13 @@ class Corpus:
     payloads: list[dict[str, str]]  # as the default collection stores them
     stamps: list[StampPhoto]  # rows 0 .. len(stamps) - 1
     fashion_indices: list[int]  # the rows after them, Fashion-MNIST test indices
+    _relevant: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
 
     def relevant_rows(self, query: Query) -> np.ndarray:
-        return np.array([i for i, key in enumerate(self.keys) if any(_matches(key, p) for p in query.relevant)],
-                        dtype=np.int64)  # fmt: skip
+        if query.relevant not in self._relevant:
+            rows = [i for i, key in enumerate(self.keys) if any(_matches(key, p) for p in query.relevant)]
+            self._relevant[query.relevant] = np.array(rows, dtype=np.int64)
+        return self._relevant[query.relevant]
 
     def check(self, queries: Sequence[Query]) -> None:
         """Every pattern of every query must match an item (a typo would silently lower the score)."""
@@ -84,9 +87,10 @@ class Corpus:
                     raise QueryFileError(f"query {q.text!r}: pattern {p!r} matches no item of the corpus")
 
 
-def default_corpus(fashion_photos: int = 1000) -> Corpus:
-    """The items of the default collection (server/default_collection.py), in a fixed order."""
-    stamps = tuxpaint_photos()
+def default_corpus(fashion_photos: int = 1000, categories: Sequence[str] = ()) -> Corpus:
+    """The items of the default collection (server/default_collection.py), in a fixed order; with
+    ``categories``, only the Tux Paint photos of those top folders (quick runs and tests)."""
+    stamps = [p for p in tuxpaint_photos() if not categories or p.category in categories]
     keys = [f"tuxpaint/{p.id}" for p in stamps]
     payloads = [{"label": p.name, "caption": p.caption, "category": p.category} for p in stamps]
     indices: list[int] = []
@@ -182,7 +186,7 @@ class TagTruth:
 def tag_truths(
     corpus: Corpus, wn: Any, categories: Sequence[str] = ("animals", "food", "plants")
 ) -> list[TagTruth]:
-    """For the stamp photos of some categories: the words a tag should hit (own name word or direct parent)."""
+    """For the stamp photos of some categories: the words a tag should hit (name word or direct parent)."""
     out = []
     for row, ph in enumerate(corpus.stamps):
         if ph.category not in categories:
@@ -223,9 +227,9 @@ def score_tags(
     n = max(1, len(rows))
     return {
         "photos": float(len(rows)),
-        "name_or_parent_in_top5": sum(r["name_hit"] or r["parent_hit"] for r in rows) / n,
-        "name_in_top5": sum(r["name_hit"] for r in rows) / n,
-        "with_duplicate_forms": sum(r["duplicate_forms"] for r in rows) / n,
+        "name_or_parent_in_top5": sum(bool(r["name_hit"] or r["parent_hit"]) for r in rows) / n,
+        "name_in_top5": sum(bool(r["name_hit"]) for r in rows) / n,
+        "with_duplicate_forms": sum(bool(r["duplicate_forms"]) for r in rows) / n,
     }, rows
 
 

@@ -5,7 +5,7 @@ import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
-from embedder.image import input_size
+from embedder.image import embedder_names, input_size
 from kernels.hnsw import HNSW_DEFAULTS
 from server.errors import Error, fail, rpc_method
 from server.servicers.common import call_budget
@@ -62,15 +62,15 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             hnsw_connectivity=cfg.hnsw.connectivity or HNSW_DEFAULTS.connectivity,
             hnsw_expansion_add=cfg.hnsw.expansion_add or HNSW_DEFAULTS.expansion_add,
         )
-        if cfg.joint.startswith("head:") and cfg.embedder:
+        if cfg.joint.startswith(("head:", "head+conse:")) and cfg.embedder in embedder_names():
             # A head maps features of one input size; the collection must embed its images at that size.
-            head = self.s.joint(cfg.joint)
+            head = self.s.joint(cfg.joint, cfg.embedder)
             if head.input_size != input_size(cfg.embedder):
                 fail(
                     Error.PRECONDITION,
                     f"head {cfg.joint!r} was trained on {head.input_size} px features but embedder "
                     f"{cfg.embedder!r} embeds at {input_size(cfg.embedder)} px: "
-                    f"use embedder 'mobilenet_v2@{head.input_size}'",
+                    f"use embedder '{cfg.embedder.partition('@')[0]}@{head.input_size}'",
                 )
         return collection_info(self.s.store.create(settings))
 
@@ -130,11 +130,13 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
                     Error.PRECONDITION, f"collection {c.name!r} has no image embedder: upsert vectors instead"
                 )
             b = call_budget(context, "embedding the items' images")
-            vectors[image_slots] = self.s.images.embed(
+            vectors[image_slots] = self.s.image_embedder(c.settings.embedder).embed(
                 images, size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
             )
         prepared = c.prepare_vectors(vectors, "an item's vector")
-        joint = c.prepare_joint(self.s.joint(c.settings.joint).project(vectors)) if c.settings.joint else None
+        joint = None
+        if c.settings.joint:
+            joint = c.prepare_joint(self.s.joint(c.settings.joint, c.settings.embedder).project(vectors))
         upserted = c.upsert(
             [i.id for i in request.items], prepared, [dict(i.payload) for i in request.items], joint
         )

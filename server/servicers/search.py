@@ -8,6 +8,7 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 from embedder.errors import UnknownWord
 from embedder.image import input_size
 from server.errors import Error, fail, rpc_method
+from server.hybrid import check_options, depth, fuse
 from server.servicers.common import call_budget
 from server.services import Services
 from server.storage import Collection
@@ -26,8 +27,17 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 Error.BAD_REQUEST,
                 f"effort must be between 0 (the tuned setting) and {MAX_EFFORT}, got {request.effort}",
             )
-        c = self.s.store.get(request.collection)
         which = request.WhichOneof("query")
+        hybrid = None
+        if request.HasField("hybrid"):
+            if which != "text":
+                fail(
+                    Error.BAD_REQUEST,
+                    "hybrid needs a text query: send `text` (words or a sentence) with it, or drop `hybrid`",
+                )
+            opts = request.hybrid
+            hybrid = check_options(list(opts.text_fields), opts.rrf_k, opts.lexical_weight)
+        c = self.s.store.get(request.collection)
         joint = request.space == pb.SPACE_JOINT or (which == "text" and request.space == pb.SPACE_UNSPECIFIED)
         if which == "text" and request.space == pb.SPACE_IMAGE:
             fail(Error.BAD_REQUEST, "text queries search the joint space; leave `space` unset or SPACE_JOINT")
@@ -60,9 +70,12 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         else:
             fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image`, `id` or `text`")
         effort = min(request.effort, c.max_effort())
-        hits = c.search(query, k + (exclude is not None), joint=joint, effort=effort, exact=request.exact)[0]
+        wanted = depth(k) if hybrid else k + (exclude is not None)
+        hits = c.search(query, wanted, joint=joint, effort=effort, exact=request.exact)[0]
         if exclude is not None:
             hits = [h for h in hits if h.id != exclude][:k]
+        if hybrid is not None:
+            hits = fuse(hits, self.s.lexical.get(c, hybrid.fields), _query_text(request.text), hybrid, k)
         cosine = joint or c.settings.metric == "cosine"
         resp = pb.SearchResponse(notes=notes)
         for h in hits:
@@ -81,7 +94,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 f"collection {c.name!r} has no image embedder: query it with a vector or an item id",
             )
         b = call_budget(context, "embedding the query image")
-        return self.s.images.embed(
+        return self.s.image_embedder(c.settings.embedder).embed(
             [image], size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
         )
 
@@ -93,7 +106,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 Error.BAD_REQUEST,
                 f"{what} has dimension {features.shape[1]}, the image space {c.settings.dim}",
             )
-        return c.prepare_joint(self.s.joint(c.settings.joint).project(features))
+        return c.prepare_joint(self.s.joint(c.settings.joint, c.settings.embedder).project(features))
 
     def _text_query(self, c: Collection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:
         space = self.s.joint(c.settings.joint).text
@@ -129,3 +142,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         for word, score in self.s.nearest_words(vec, k):
             resp.hits.add(word=word, score=score, distance=max(0.0, 1.0 - score))
         return resp
+
+
+def _query_text(text: pb.TextQuery) -> str:
+    return text.sentence if text.WhichOneof("text") == "sentence" else " ".join(text.words.words)

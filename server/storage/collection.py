@@ -128,6 +128,7 @@ class Collection:
         self._generation = snapshot.current_generation(folder)
         data = snapshot.load(folder, self._generation, settings.dim, settings.joint_dim)
         self._rows: dict[str, int] = {}
+        self._changes = 0  # records applied since opening: the version of the collection's items
         self._view = self._build_view(data.ids, data.payloads, data.vectors, data.joint)
         self._view.ann.restore(folder, self._generation, self._view.index)
         for record in WriteAheadLog.replay(snapshot.wal_path(folder, self._generation)):
@@ -205,6 +206,17 @@ class Collection:
             [Hit(view.row_ids[r], float(s), view.payloads[r], int(r)) for s, r in zip(qs, qr, strict=True)]
             for qs, qr in zip(scores, rows, strict=True)
         ]
+
+    def text_version(self) -> int:
+        """Changes whenever an item is added, replaced or deleted (caches of payload text compare it)."""
+        return self._changes
+
+    def live_items(self) -> tuple[int, list[str], list[dict[str, str]]]:
+        """``text_version()`` with the ids and payloads of the items in the collection at that version."""
+        with self._lock:
+            view = self._view
+            live = view.index.live_rows()
+            return self._changes, [view.row_ids[r] for r in live], [view.payloads[r] for r in live]
 
     def vector_of_row(self, row: int) -> np.ndarray:
         return self._view.index.vector(row)
@@ -321,6 +333,7 @@ class Collection:
         return _View(index, joint_index, ann, list(ids), list(payloads))
 
     def _apply(self, record: dict[str, Any]) -> None:
+        self._changes += 1
         view = self._view
         if record["op"] == "upsert":
             ids = record["ids"]
