@@ -206,7 +206,7 @@ class ImageEmbedder:
     def embed(
         self,
         images: Sequence[bytes],
-        size: int = DEFAULT_SIZE,
+        size: int | None = None,
         *,
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
@@ -215,7 +215,9 @@ class ImageEmbedder:
 
         Up to ``max_batch`` images share forwards with other callers' (``DynamicBatcher``): the call may
         raise ``QueueFull`` under overload, ``Expired`` once ``deadline`` (a ``time.monotonic()`` value)
-        passes and ``Cancelled`` when ``cancelled`` is set; bigger requests run as their own batches."""
+        passes and ``Cancelled`` when ``cancelled`` is set; bigger requests run as their own batches. The input
+        size is the backbone's own unless given."""
+        size = size or self.default_size
         crops = []
         for n, data in enumerate(images):
             try:

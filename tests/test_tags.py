@@ -20,6 +20,9 @@ from tests.conftest import LION
 from tests.test_bad_input import refused
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
+# A photo its backbone classifies right (the lion stamp is taken for a chow: see the tag table in
+# bench/results/zero_shot/default.md).
+TIGER = STAMPS / "animals/mammals/cats/tiger.png"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def test_every_class_is_reachable(services: Services) -> None:
 
 
 @pytest.mark.parametrize(
-    "photo", ["animals/mammals/cats/lion.png", "food/fruit/banana.png", "animals/birds/ostrich.png"]
+    "photo", ["animals/mammals/cats/tiger.png", "food/fruit/banana.png", "animals/birds/ostrich.png"]
 )
 def test_tags_over_grpc_hold_no_two_forms_of_one_word(client: Client, photo: str) -> None:
     tags = client.tag((STAMPS / photo).read_bytes(), k=5)
@@ -109,7 +112,7 @@ def test_min_score_over_grpc(client: Client) -> None:
 
 
 def test_own_vocabulary_in_the_hierarchy_names_what_it_cannot_score(client: Client) -> None:
-    tags = client.tag(LION.read_bytes(), k=3, vocabulary=["big cat", "banana", "striped"])
+    tags = client.tag(TIGER.read_bytes(), k=3, vocabulary=["big cat", "banana", "striped"])
     assert tags[0].word == "big cat"
     assert tags.unscored == ["striped"]  # an adjective: no ImageNet class or hypernym is named so
     assert [t.word for t in tags] == ["big cat", "banana"]
