@@ -12,7 +12,7 @@ ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     PYTHONUNBUFFERED=1
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make dataset-fashion-mnist tuxpaint-stamps-default \
+ && apt-get install -y --no-install-recommends make dataset-fashion-mnist tuxpaint-stamps-default wordnet-base \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

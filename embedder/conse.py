@@ -133,10 +133,12 @@ def _class_vectors(taxonomy: Taxonomy, text: TextSpace, s: ConseSettings) -> tup
         if c.gloss and s.gloss_weight:
             parts.append((i, s.gloss_weight, c.gloss))
     keep = [p for p in parts if p[1] > 0 and _knows_any(text, p[2])]
-    encoded = text.encode([p[2] for p in keep])
+    # Hypernyms repeat across classes ("dog, domestic dog, Canis familiaris" above 118 breeds): encode each once.
+    unique = list(dict.fromkeys(p[2] for p in keep))
+    encoded = dict(zip(unique, text.encode(unique), strict=True))
     vectors = np.zeros((n, text.dim), np.float32)
-    for (i, w, _), v in zip(keep, encoded, strict=True):
-        vectors[i] += w * v
+    for i, w, phrase in keep:
+        vectors[i] += w * encoded[phrase]
     norms = np.linalg.norm(vectors, axis=1)
     has = norms > 0
     vectors[has] /= norms[has, None]

@@ -41,7 +41,8 @@ def test_the_evaluation_cli_scores_a_query_file(tmp_path: Path, capsys: pytest.C
     queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
     out = tmp_path / "out"
     args = ["--queries", str(queries), "--data-dir", "data", "--out", str(out), "--name", "small",
-            "--categories", "food", "--fashion-sample", "100"]  # fmt: skip
+            "--categories", "food", "--fashion-sample", "100",
+            "--backbone", "mobilenet_v2", "--text", "spacy"]  # fmt: skip
     assert evaluate_main(args) == 0
     report = json.loads((out / "small.json").read_text())
     small = report["queries"]["small"]
@@ -65,7 +66,8 @@ def test_a_pattern_that_matches_nothing_is_an_error(
 ) -> None:
     queries = tmp_path / "typo.jsonl"
     queries.write_text(json.dumps({"query": "x", "type": "hypernym", "relevant": ["tuxpaint/fod/*"]}) + "\n")
-    args = ["--queries", str(queries), "--categories", "food", "--fashion-sample", "0", "--no-tags"]
+    args = ["--queries", str(queries), "--categories", "food", "--fashion-sample", "0", "--no-tags",
+            "--backbone", "mobilenet_v2", "--text", "spacy"]  # fmt: skip
     assert evaluate_main(args) == 2
     assert "tuxpaint/fod/*" in capsys.readouterr().err
 

@@ -57,8 +57,8 @@ from training.zero_shot import (
 class Setup:
     """One configuration of the zero-shot pipeline."""
 
-    backbone: str = "mobilenet_v2"
-    text: str = "spacy"
+    backbone: str = "efficientnet_lite1"  # the server's default
+    text: str = "minilm"  # the default collection's (conse:minilm)
     conse: ConseSettings = DEFAULT
     drop_stopwords: bool = True  # in spaCy query phrases
     direction: str = "forward"  # or "reverse": query -> nearest classes by text -> images by probability
@@ -75,7 +75,9 @@ class Setup:
         return d
 
 
-LEGACY_SETUP = Setup(conse=LEGACY, drop_stopwords=False, tags="nearest")
+LEGACY_SETUP = Setup(
+    backbone="mobilenet_v2", text="spacy", conse=LEGACY, drop_stopwords=False, tags="nearest"
+)
 
 
 @dataclass
@@ -225,7 +227,11 @@ def parse_setup(args: argparse.Namespace) -> Setup:
     conse = setup.conse
     if args.conse_json:
         conse = replace(conse, **json.loads(args.conse_json))
-    changes: dict[str, Any] = {"conse": conse, "backbone": args.backbone, "text": args.text}
+    changes: dict[str, Any] = {"conse": conse}
+    if args.backbone:
+        changes["backbone"] = args.backbone
+    if args.text:
+        changes["text"] = args.text
     if args.tags:
         changes["tags"] = args.tags
     if args.direction:
@@ -250,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=Path("bench/results/zero_shot"))
     p.add_argument("--name", default="", help="output file stem (default: from the settings)")
-    p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--text", choices=("spacy", "minilm"), default="spacy")
+    p.add_argument("--backbone", default="", help="default: efficientnet_lite1 (legacy: mobilenet_v2)")
+    p.add_argument("--text", choices=("spacy", "minilm"), default="", help="default: minilm (legacy: spacy)")
     p.add_argument("--conse", choices=("default", "legacy"), default="default")
     p.add_argument("--conse-json", default="", help="ConseSettings overrides, e.g. '{\"temperature\": 3}'")
     p.add_argument("--direction", choices=("forward", "reverse"), default="")

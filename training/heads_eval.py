@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         stamp_held = stamp_head.meta.held_out
         stamp_joint[f"DeViSE head ({stamp_head.meta.loss} loss)"] = stamp_head.project(stamp_feats)
+        stamp_joint[f"DeViSE head + WordNet ConSE ({HEAD_CONSE_WEIGHT:g}/{1 - HEAD_CONSE_WEIGHT:g})"] = (
+            mix_head_conse(stamp_head.project(stamp_feats), stamp_joint["ConSE, WordNet (no training)"])
+        )
     minilm = registry.text("minilm")
     captioned = [(i, ph.caption) for i, ph in enumerate(photos) if ph.caption]
     stamp_minilm = ConSE(classifier, minilm, taxonomy, DEFAULT, cache_dir=cache).project(stamp_feats)

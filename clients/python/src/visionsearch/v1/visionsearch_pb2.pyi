@@ -580,7 +580,8 @@ class TagRequest(_message.Message):
     """1 <= k <= the server's cap."""
     joint: _builtins.str
     """The joint space to tag in: "conse:spacy" (default, no training: ConSE over spaCy word vectors),
-    "conse:minilm", or "head:NAME" for a trained DeViSE head.
+    "conse:minilm", "head:NAME" for a trained DeViSE head or "head+conse:NAME". The image is embedded with
+    the server's backbone (--backbone) for ConSE, with the backbone a head was trained on for heads.
     """
     min_score: _builtins.float
     """Only tags scoring at least this, in [0, 1]; 0 sets no floor (fewer than k tags may come back).
@@ -590,8 +591,10 @@ class TagRequest(_message.Message):
     """How tags are chosen (an unknown value: INVALID_ARGUMENT naming `mode`)."""
     @_builtins.property
     def vocabulary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The words to choose from. Empty: the whole vocabulary (lower-case alphabetic words of the word-vector
-        table). Every word must be known to the joint space's text encoder (INVALID_ARGUMENT names the rest).
+        """The words to choose from, e.g. the nouns of your own catalogue. Empty: the whole vocabulary (WordNet
+        nouns above the ImageNet classes for TAG_MODE_HIERARCHY; the lower-case alphabetic words of the
+        word-vector table for TAG_MODE_NEAREST_WORDS). Every word must be known to the joint space's text encoder,
+        or for TAG_MODE_HIERARCHY name a class or hypernym ("big cat"); INVALID_ARGUMENT names the rest.
         """
 
     def __init__(
@@ -673,13 +676,17 @@ class CollectionConfig(_message.Message):
     metric: Global___Metric.ValueType
     """Defaults to METRIC_COSINE."""
     embedder: _builtins.str
-    """The image model that turns images into this collection's vectors ("mobilenet_v2", 1280-d).
-    Empty: the collection takes vectors only, and image queries or upserts are refused.
+    """The image model that turns images into this collection's vectors, all 1280-d: "efficientnet_lite0"
+    (224 px), "efficientnet_lite1" (240 px), "efficientnet_lite2" (260 px) or "mobilenet_v2" (224 px, or
+    "mobilenet_v2@SIZE" for SIZE in 64, 96, 128, 160, 192). Empty: the collection takes vectors only, and image
+    queries or upserts are refused.
     """
     joint: _builtins.str
     """A joint image-word space kept beside the image space, so that words and sentences find images:
-    "conse:spacy" (300-d, no training), "conse:minilm" (384-d, takes sentences) or "head:NAME" (a trained
-    DeViSE head). Needs an embedder; every image or vector upserted is also projected into it.
+    "conse:spacy" (300-d, no training), "conse:minilm" (384-d, takes sentences; the default collection's),
+    "head:NAME" (a trained DeViSE head) or "head+conse:NAME" (that head mixed with ConSE in its text space).
+    ConSE reads the ImageNet classifier of the collection's embedder. Needs an embedder; every image or vector
+    upserted is also projected into it.
     """
     index: Global___IndexType.ValueType
     """How the image space is searched; set at creation (changing it on a non-empty collection is refused
