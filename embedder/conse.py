@@ -91,7 +91,9 @@ def class_vectors(
     path = None
     if cache_dir is not None:
         names = "\n".join(c.name for c in taxonomy.classes)
-        key = hashlib.sha256(f"{text.name}\n{settings.text_key()}\n{names}".encode()).hexdigest()[:16]
+        # The same space encodes with or without stop words (SpacyText.drop_stopwords): part of the key.
+        encoder = f"{text.name}-{getattr(text, 'drop_stopwords', '')}"
+        key = hashlib.sha256(f"{encoder}\n{settings.text_key()}\n{names}".encode()).hexdigest()[:16]
         path = cache_dir / f"conse-classes-{text.name}-{key}.npz"
         if path.is_file():
             with np.load(path) as f:
