@@ -58,7 +58,9 @@ def main() -> None:
             n: {
                 "input_size": BACKBONES[n].default_size,
                 "images_per_s_median": statistics.median(rates[n]),
-                "ratio_to_mobilenet_v2_median": statistics.median(a / b for a, b in zip(rates[n], rates[base], strict=True)),
+                "ratio_to_mobilenet_v2_median": statistics.median(
+                    a / b for a, b in zip(rates[n], rates[base], strict=True)
+                ),
             }
             for n in BACKBONES
         },

@@ -135,7 +135,7 @@ def _class_vectors(taxonomy: Taxonomy, text: TextSpace, s: ConseSettings) -> tup
         if c.gloss and s.gloss_weight:
             parts.append((i, s.gloss_weight, c.gloss))
     keep = [p for p in parts if p[1] > 0 and _knows_any(text, p[2])]
-    # Hypernyms repeat across classes ("dog, domestic dog, Canis familiaris" above 118 breeds): encode each once.
+    # Hypernyms repeat across classes ("dog, domestic dog, Canis familiaris" above 118 breeds): encode once.
     unique = list(dict.fromkeys(p[2] for p in keep))
     encoded = dict(zip(unique, text.encode(unique), strict=True))
     vectors = np.zeros((n, text.dim), np.float32)

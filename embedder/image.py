@@ -215,8 +215,8 @@ class ImageEmbedder:
 
         Up to ``max_batch`` images share forwards with other callers' (``DynamicBatcher``): the call may
         raise ``QueueFull`` under overload, ``Expired`` once ``deadline`` (a ``time.monotonic()`` value)
-        passes and ``Cancelled`` when ``cancelled`` is set; bigger requests run as their own batches. The input
-        size is the backbone's own unless given."""
+        passes and ``Cancelled`` when ``cancelled`` is set; bigger requests run as their own batches. The
+        input size is the backbone's own unless given."""
         size = size or self.default_size
         crops = []
         for n, data in enumerate(images):

@@ -25,7 +25,8 @@ from embedder.words import WordVectors
 IMAGENET_CLASSES: list[str] = list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 # A trained head and ConSE map into the same text space; ``head+conse:NAME`` serves their mean, which keeps
-# the head's sharpness on the classes it was trained on and ConSE's reach beyond them (training/heads_eval.py).
+# the head's sharpness on the classes it was trained on and ConSE's reach beyond them, on photos the ImageNet
+# classifier knows (training/heads_eval.py; on Fashion-MNIST's 28 px scans it does not, and the mix loses).
 HEAD_CONSE_WEIGHT = 0.5
 
 
@@ -171,8 +172,9 @@ class JointRegistry:
                     if classifier is None:
                         self._spaces[key] = head
                     else:
+                        taxonomy = self._taxonomy_locked()
                         conse = ConSE(
-                            classifier, text, self._taxonomy_locked(), cache_dir=self._cache_dir, backbone=backbone
+                            classifier, text, taxonomy, cache_dir=self._cache_dir, backbone=backbone
                         )
                         self._spaces[key] = HeadWithConSE(head, conse)
             return self._spaces[key]

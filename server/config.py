@@ -40,7 +40,7 @@ class Config:
     # (bench/results/zero_shot/calibration.json), at about half MobileNetV2's images/s (bench/backbones.py).
     backbone: str = _setting(
         "efficientnet_lite1",
-        "the server's image backbone (Embed, Tag, the default collection): mobilenet_v2 or efficientnet_lite0/1/2",
+        "image backbone of Embed, Tag and the default collection: mobilenet_v2 or efficientnet_lite0/1/2",
     )
     max_message_bytes: int = _setting(16 * 1024 * 1024, "largest request or response message")
     max_pixels: int = _setting(

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from embedder.datasets import FASHION_CLASSES, fashion_mnist, fashion_sample, tuxpaint_photos
 from embedder.conse import DEFAULT as CONSE_DEFAULT
+from embedder.datasets import FASHION_CLASSES, fashion_mnist, fashion_sample, tuxpaint_photos
 from embedder.image import decode_pixels, to_pixels
 from server.services import Services
 from server.storage import Collection, CollectionSettings
@@ -29,7 +29,7 @@ log = logging.getLogger("visionsearch.default")
 
 NAME = "default"
 # ConSE needs no training, so the embedded collection can be searched with words from the first start.
-# MiniLM class texts carrying their WordNet hypernyms scored best on the tuning queries (training/calibrate.py).
+# MiniLM class texts carrying their WordNet hypernyms scored best on the tuning queries (training/calibrate).
 JOINT = "conse:minilm"
 # Payload fields holding text, for hybrid search: the photo's name and Tux Paint's caption.
 TEXT_FIELDS = ("label", "caption")

@@ -61,8 +61,8 @@ class Services:
         return [(self.words.words[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True)]
 
     def image_embedder(self, embedder: str) -> ImageEmbedder:
-        """The image embedder a collection's embedder name needs ("efficientnet_lite1", "mobilenet_v2@96"): the
-        server's own for its backbone, another started on first use (its own worker processes)."""
+        """The image embedder an embedder name needs ("efficientnet_lite1", "mobilenet_v2@96"): the server's
+        own for its backbone, another started on first use (its own worker processes)."""
         backbone = backbone_of(embedder).name
         if backbone == self.images.model_name:
             return self.images
