@@ -10,23 +10,15 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from embedder.train import main as train_main
 from safetensors.torch import save_file
 from visionsearch_client import Client, Item
 
-from embedder.head import (
-    DeviseHead,
-    HeadMeta,
-    HeadMismatch,
-    TrainConfig,
-    load_head,
-    read_meta,
-    save_head,
-    train_head,
-)
+from embedder.head import DeviseHead, HeadMeta, HeadMismatch, load_head, read_meta, save_head
 from server.app import Running
 from tests.conftest import LION
 from tests.test_bad_input import refused
+from training.devise import TrainConfig, train_head
+from training.train import main as train_main
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 
