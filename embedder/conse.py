@@ -41,7 +41,7 @@ _HINTS = (
 )
 _TOKEN = re.compile(r"[a-z]+")
 # Bump when class texts or their encoding change.
-CLASS_TEXT_VERSION = 2
+CLASS_TEXT_VERSION = 3
 
 
 @dataclass(frozen=True)

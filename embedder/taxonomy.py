@@ -18,7 +18,7 @@ from typing import Any
 
 from embedder.wordnet import hypernym_chain, lemma_text, map_imagenet_classes, open_wordnet
 
-VERSION = 1
+VERSION = 2  # 2: the chain follows the deepest parent
 
 
 @dataclass(frozen=True)

@@ -176,14 +176,15 @@ def map_imagenet_classes(wn: Any, names: Sequence[str]) -> list[ClassSynset | No
 
 
 def hypernym_chain(synset: Any, limit: int = 12) -> list[Any]:
-    """The synset's ancestors nearest first, along the first hypernym at each step (instance hypernyms
-    count): tabby -> cat (domestic cat) -> cat (feline) -> feline -> carnivore -> placental -> mammal ..."""
+    """The synset's ancestors nearest first (instance hypernyms count): tabby -> domestic cat -> cat -> feline
+    -> carnivore -> placental -> mammal ... Where a synset has several parents, the chain follows the deepest
+    one, the taxonomic parent: domestic cat is a cat (depth 13) and a domestic animal (depth 6)."""
     chain: list[Any] = []
     s = synset
     while len(chain) < limit:
         parents = s.hypernyms() or s.instance_hypernyms()
         if not parents:
             break
-        s = parents[0]
+        s = max(parents, key=lambda p: (p.max_depth(), -p.offset()))
         chain.append(s)
     return chain
