@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchServer:
-    def __init__(self, *flags: str, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, *flags: str, data_dir: Path | None = None, root_certificates: bytes | None = None
+    ) -> None:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="vs-bench-")
         data = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -39,7 +41,8 @@ class BenchServer:
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r}")
         self.address = m.group(1)
-        with grpc.insecure_channel(self.address) as ch:
+        creds = grpc.ssl_channel_credentials(root_certificates) if root_certificates else None
+        with grpc.secure_channel(self.address, creds) if creds else grpc.insecure_channel(self.address) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             deadline = time.monotonic() + 120
             while True:

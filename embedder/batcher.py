@@ -73,6 +73,8 @@ class DynamicBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.stats = BatcherStats()
+        # Called after each forward with (images, seconds), for metrics; set by whoever watches.
+        self.on_batch: Callable[[int, float], None] | None = None
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -128,6 +130,11 @@ class DynamicBatcher:
                 job.future.cancel()
                 raise Expired("deadline exceeded while waiting for the embedding worker")
 
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a worker."""
+        return len(self._queue)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -179,6 +186,7 @@ class DynamicBatcher:
             for job in live:
                 by_shape.setdefault(job.array.shape, []).append(job)
             for jobs in by_shape.values():
+                t0 = time.perf_counter()
                 try:
                     vectors = self._forward(np.stack([j.array for j in jobs]))
                 except Exception as exc:  # every waiting caller gets the failure, the worker goes on
@@ -189,5 +197,7 @@ class DynamicBatcher:
                     self.stats.batches += 1
                     self.stats.embedded += len(jobs)
                     self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+                if self.on_batch is not None:
+                    self.on_batch(len(jobs), time.perf_counter() - t0)
                 for j, v in zip(jobs, vectors, strict=True):
                     j.future.set_result(v)

@@ -13,11 +13,16 @@ class ImageTooLarge(EmbedderError):
     """An image whose pixel count is over the configured limit (decompression-bomb guard)."""
 
 
+class ImageBusy(EmbedderError):
+    """Too many pixels are being decoded at once for another image to start in time."""
+
+
 class UnknownWord(EmbedderError, LookupError):
     """A word that the word-vector table does not hold."""
 
     def __init__(self, word: str) -> None:
-        super().__init__(f"word {word!r} is not in the word-vector vocabulary")
+        shown = repr(word) if len(word) <= 100 else f"{word[:100]!r}... ({len(word):,} characters)"
+        super().__init__(f"word {shown} is not in the word-vector vocabulary")
         self.word = word
 
 

@@ -15,10 +15,12 @@ from PIL import Image
 
 from embedder.backbones import BACKBONES, backbone_of, build
 from embedder.batcher import DynamicBatcher
-from embedder.errors import BadImage, ImageTooLarge
+from embedder.errors import BadImage, ImageBusy, ImageTooLarge
 from embedder.workers import ForwardPool
 
 IMAGE_MODEL = "mobilenet_v2"  # the backbone of an ImageEmbedder that names none
+IMAGE_DIM = 1280  # every backbone's width
+INPUT_SIZES = BACKBONES[IMAGE_MODEL].sizes  # MobileNetV2's ("mobilenet_v2@SIZE")
 
 
 def embedder_names() -> dict[str, int]:
@@ -48,34 +50,91 @@ def decode_image(data: bytes, max_pixels: int, size: int = DEFAULT_SIZE) -> np.n
     return normalize(decode_pixels(data, max_pixels, size))
 
 
-def decode_pixels(data: bytes, max_pixels: int, size: int = DEFAULT_SIZE) -> np.ndarray:
-    """Decode an encoded image to its (size, size, 3) uint8 network crop (see ``to_pixels``)."""
+# The network sees a centre crop of the image resized so that its short side is ``size``: a strip of
+# 1 x 30,000 pixels would be resized to 224 x 6.7 M (4.5 GB) first. No photo is that narrow.
+MAX_ASPECT = 100
+
+
+class PixelBudget:
+    """Bounds the pixels being decoded at once, across threads: decoding holds several copies of an image
+    (decoded, composited on white, converted to RGB), so four concurrent 40-megapixel images would need
+    gigabytes. A decode waits for its share; one larger than the whole budget still runs, alone."""
+
+    def __init__(self, pixels: int) -> None:
+        self.capacity = pixels
+        self._free = pixels
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int, timeout: float) -> int:
+        share = min(pixels, self.capacity)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free >= share, timeout):
+                raise ImageBusy(
+                    f"the server is decoding {self.capacity - self._free:,} pixels of other images: "
+                    "retry shortly"
+                )
+            self._free -= share
+        return share
+
+    def release(self, share: int) -> None:
+        with self._cond:
+            self._free += share
+            self._cond.notify_all()
+
+
+_UNBOUNDED = PixelBudget(1 << 62)
+
+
+def decode_pixels(
+    data: bytes,
+    max_pixels: int,
+    size: int = DEFAULT_SIZE,
+    budget: PixelBudget = _UNBOUNDED,
+    wait_s: float = 30.0,
+) -> np.ndarray:
+    """Decode an encoded image to its (size, size, 3) uint8 network crop (see ``to_pixels``).
+
+    Width, height and aspect are checked from the header, before any pixel is decoded; the decode then
+    waits for its share of ``budget``."""
     if not data:
         raise BadImage("image is empty: send the encoded bytes of a JPEG, PNG, WebP, GIF or BMP file")
+    share = 0
     try:
         with warnings.catch_warnings():
             # Our own pixel limit below replaces Pillow's global one, which is per-process and warns first.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=_FORMATS)
             w, h = img.size
+            if w < 1 or h < 1:
+                raise BadImage(f"image is {w}x{h}: it has no pixels")
             if w * h > max_pixels:
                 raise ImageTooLarge(
                     f"image is {w}x{h} = {w * h:,} pixels, over this server's limit of {max_pixels:,} "
                     "(VISIONSEARCH_MAX_PIXELS): downscale it before sending"
                 )
+            if max(w, h) > MAX_ASPECT * min(w, h):
+                raise ImageTooLarge(
+                    f"image is {w}x{h}, a side more than {MAX_ASPECT} times the other: crop it to the part "
+                    "worth searching before sending"
+                )
             # A JPEG much larger than the input decodes at 1/2, 1/4 or 1/8 scale (never below ``size``).
             img.draft("RGB", (size, size))
+            dw, dh = img.size
+            share = budget.acquire(dw * dh, wait_s)
             img.load()
-    except ImageTooLarge:
+            return to_pixels(img, size)
+    except (ImageTooLarge, BadImage, ImageBusy):
         raise
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"image refused as a decompression bomb: {e}") from None
     except Exception as e:  # Pillow raises many types for corrupt data: UnidentifiedImageError, OSError, ...
         raise BadImage(
-            f"image bytes could not be decoded ({type(e).__name__}: {e}); "
+            f"image bytes could not be decoded ({type(e).__name__}: {str(e)[:100]}); "
             f"supported formats: {', '.join(_FORMATS)}"
         ) from None
-    return to_pixels(img, size)
+    finally:
+        if share:
+            budget.release(share)
 
 
 def preprocess(img: Image.Image, size: int = DEFAULT_SIZE) -> np.ndarray:
@@ -153,6 +212,7 @@ class ImageEmbedder:
         workers: int = 1,
         processes: int = 0,
         backbone: str = IMAGE_MODEL,
+        decode_budget: int = 0,
     ) -> None:
         torch.set_num_threads(threads)
         spec = BACKBONES[backbone]
@@ -160,6 +220,7 @@ class ImageEmbedder:
         self.dim = spec.dim
         self.default_size = spec.default_size
         self.max_pixels = max_pixels
+        self.pixel_budget = PixelBudget(decode_budget or max_pixels)
         self.batch_size = batch_size
         weights = str(spec.weights())
         self.network = ImageNetwork(weights, backbone)
@@ -221,7 +282,7 @@ class ImageEmbedder:
         crops = []
         for n, data in enumerate(images):
             try:
-                crops.append(decode_pixels(data, self.max_pixels, size))
+                crops.append(decode_pixels(data, self.max_pixels, size, self.pixel_budget))
             except (BadImage, ImageTooLarge) as e:
                 if len(images) > 1:
                     raise type(e)(f"image {n}: {e}") from None

@@ -17,6 +17,7 @@ from embedder.backbones import BACKBONES
 from embedder.conse import ConSE
 from embedder.head import HeadMismatch, HeadSpace, read_meta
 from embedder.image import ImageEmbedder, ImageNetwork
+from embedder.naming import HEAD_NAME
 from embedder.tags import HierarchyTagger
 from embedder.taxonomy import Taxonomy
 from embedder.text import MiniLMText, SpacyText, TextSpace
@@ -82,6 +83,8 @@ class JointRegistry:
         dims = {f"conse:{t}": d for t, d in self.TEXT_DIMS.items()}
         if self._heads_dir.is_dir():
             for path in sorted(self._heads_dir.glob("*.safetensors")):
+                if not HEAD_NAME.fullmatch(path.stem):
+                    continue
                 try:
                     dims[f"head:{path.stem}"] = dims[f"head+conse:{path.stem}"] = read_meta(path).dim
                 except (HeadMismatch, OSError, ValueError):
@@ -146,7 +149,7 @@ class JointRegistry:
         ConSE, the backbone a head was trained on for ``head:`` and ``head+conse:``."""
         kind, _, arg = name.partition(":")
         path = self._heads_dir / f"{arg}.safetensors"
-        is_head = kind in ("head", "head+conse") and bool(arg) and path.is_file()
+        is_head = kind in ("head", "head+conse") and bool(HEAD_NAME.fullmatch(arg)) and path.is_file()
         if not (is_head or (kind == "conse" and arg in self.TEXT_DIMS)):
             raise KeyError(name)
         meta = read_meta(path) if is_head else None

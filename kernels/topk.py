@@ -186,3 +186,16 @@ def topk_inner_product(
     n_chunks = max(1, min(numba.get_num_threads(), n // max(4 * k, 1024)))
     heap_s, heap_i = _chunk_heaps(db, n, alive, queries, k, n_chunks)
     return _merge_heaps(heap_s, heap_i, k)
+
+
+def topk_rows(db: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k of the given ``rows`` of ``db`` for each query (a filtered exact search): the rows are gathered
+    into one contiguous block and scanned by the fused kernel. Returns ``(scores, rows)`` like
+    ``topk_inner_product``, rows numbered as in ``db``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        m = queries.shape[0]
+        return np.empty((m, 0), dtype=np.float32), np.empty((m, 0), dtype=np.int64)
+    block = np.ascontiguousarray(db[rows])
+    scores, local = topk_inner_product(block, np.ascontiguousarray(queries, dtype=np.float32), k)
+    return scores, rows[local]

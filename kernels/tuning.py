@@ -130,7 +130,18 @@ def exact_rate(db: np.ndarray, rows: np.ndarray, *, sample: int = 50, seed: int 
     return _measure(lambda q: topk_inner_product(db, q, K + 1, alive=alive)[1], queries, truth, selves).qps
 
 
-def build_hnsw(db: np.ndarray, rows: np.ndarray, params: HNSWParams) -> HNSWIndex:
+def build_hnsw(
+    db: np.ndarray,
+    rows: np.ndarray,
+    params: HNSWParams,
+    progress: Callable[[float], None] | None = None,
+    chunk: int = 50_000,
+) -> HNSWIndex:
+    """An HNSW graph of ``db[rows]``, added in chunks so that ``progress`` (0..1) can be reported."""
     index = HNSWIndex(db.shape[1], params)
-    index.add(rows, db[rows])
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        index.add(part, db[part])
+        if progress is not None:
+            progress(min(1.0, (start + len(part)) / len(rows)))
     return index

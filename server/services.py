@@ -7,16 +7,21 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from embedder.backbones import backbone_of
 from embedder.image import ImageEmbedder, embedder_names
 from embedder.joint import JointRegistry, JointSpace
+from embedder.naming import unknown_joint
 from embedder.words import WordVectors
 from kernels import ExactIndex, l2_normalize
+from server.aio import INLINE_SCAN
 from server.config import Config
+from server.cursors import Cursors
 from server.errors import Error, fail
+from server.health import CollectionHealth
 from server.hybrid import LexicalIndexes
 from server.storage import CollectionStore
 
@@ -31,11 +36,17 @@ class Services:
     words: WordVectors
     word_index: ExactIndex
     joints: JointRegistry
-    lexical: LexicalIndexes = field(default_factory=LexicalIndexes)
     _embedders: dict[str, ImageEmbedder] = field(default_factory=dict)
     _embedders_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set by create_server once the health service exists.
+    collection_health: CollectionHealth | None = None
+    cursors: Cursors = field(init=False)
+    lexical: LexicalIndexes = field(default_factory=LexicalIndexes)
     _vocab_indexes: dict[str, tuple[list[str], ExactIndex]] = field(default_factory=dict)
     _vocab_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.cursors = Cursors(self.config.data_dir)
 
     @classmethod
     def start(cls, config: Config) -> Services:
@@ -77,9 +88,20 @@ class Services:
         try:
             return self.joints.get(name, backbone_of(embedder).name if embedder else None)
         except KeyError:
-            fail(
-                Error.BAD_REQUEST, f"joint space {name!r} is unknown; use one of {sorted(self.joints.dims())}"
-            )
+            fail(Error.BAD_REQUEST, unknown_joint(name, self.joints.dims()))
+
+    def cheap_search(self, request: Any) -> bool:
+        """Whether a Search by vector, id or words does little enough index work to run on the event loop:
+        an approximate index answers it, or an exact scan of the collection is about a millisecond."""
+        try:
+            c = self.store.get(request.collection)
+        except Exception:
+            return True  # refused at once, whichever thread answers
+        joint = request.WhichOneof("query") == "text" or request.space == 2  # SPACE_JOINT
+        if not joint and not request.exact and c.approximate():
+            return True
+        dim = c.settings.joint_dim if joint else c.settings.dim
+        return c.rows * dim <= INLINE_SCAN
 
     def vocabulary_index(self, text_name: str) -> tuple[list[str], ExactIndex]:
         """The default tagging vocabulary of a text space, indexed once."""
@@ -103,6 +125,7 @@ def _image_embedder(config: Config, backbone: str) -> ImageEmbedder:
     return ImageEmbedder(
         threads=config.torch_threads,
         max_pixels=config.max_pixels,
+        decode_budget=config.max_decoding_pixels,
         max_batch=config.embed_max_batch,
         max_wait_s=config.embed_max_wait_ms / 1000,
         max_queue=config.embed_queue,

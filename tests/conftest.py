@@ -79,6 +79,23 @@ def small_server(base_config: Config, services: Services, tmp_path: Path) -> Ite
     own.close()
 
 
+@pytest.fixture(scope="module")
+def small_server_module(
+    base_config: Config, services: Services, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Running, Client]]:
+    """``small_server``, shared by the tests of one module."""
+    config = replace(
+        base_config, data_dir=tmp_path_factory.mktemp("module"), default_collection=False,
+        max_message_bytes=1024 * 1024,
+    )  # fmt: skip
+    own = services.with_store(config)
+    running = create_server(config, own)
+    with Client(f"127.0.0.1:{running.port}", timeout=60, max_message_bytes=64 * 1024 * 1024) as c:
+        yield running, c
+    running.server.stop(0).wait()
+    own.close()
+
+
 class ServerProcess:
     """``python -m server`` in a child process, for tests about signals and crashes."""
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from hdrh.histogram import HdrHistogram
 from PIL import Image
+from visionsearch_client import Client, Item
 from visionsearch_client.loadtest import (
-    KINDS,
     ConfigError,
     LoadConfig,
     Report,
@@ -68,7 +68,7 @@ def test_closed_loop_mix_of_all_kinds(closed_report: Report) -> None:
     assert r.mode == "closed" and r.offered_rate is None and r.lag_ms is None
     assert r.errors == {}, r.table()
     assert r.requests == r.ok > 0
-    assert set(r.by_kind) == set(KINDS)
+    assert set(r.by_kind) == set(ALL_KINDS)
     assert sum(s["requests"] for s in r.by_kind.values()) == r.requests
     assert all(s["ok"] == s["requests"] and s["errors"] == 0 for s in r.by_kind.values())
     assert sum(row["requests"] for row in r.timeline) == r.requests
@@ -243,3 +243,21 @@ def test_cli_open_loop_run_writes_json_and_png(server: Running, tmp_path: Path) 
     assert set(data["by_kind"]) == {"search_vector", "tag"}
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "loadtest-results").exists()  # explicit paths only
+
+
+def test_write_kinds_upsert_and_delete_in_their_own_collection(small_server: tuple[Running, Client]) -> None:
+    running, c = small_server
+    c.create_collection("writes", dim=8)
+    c.upsert("writes", [Item(f"seed{n}", vector=np.eye(8)[n]) for n in range(8)])
+    config = LoadConfig(
+        address=address(running), mode="closed", concurrency=4, duration_s=1.0, warmup_s=0.2,
+        mix={"search_vector": 2, "upsert": 1, "delete": 1}, collection="writes", k=3,
+    )  # fmt: skip
+    r = run(config)
+    assert r.errors == {}, r.table()
+    assert set(r.by_kind) == {"search_vector", "upsert", "delete"}
+    assert r.by_kind["upsert"]["ok"] > 0 and r.by_kind["delete"]["ok"] > 0
+    # The pool's ids were written (and some deleted again); the seeds are untouched.
+    written = c.get_items("writes", [f"loadtest-{n}" for n in range(1024)])
+    assert written and all(g.id.startswith("loadtest-") for g in written)
+    assert c.count("writes") == 8 + len(written)

@@ -9,7 +9,8 @@ import pytest
 
 from server.errors import ServiceError
 from server.storage import Collection, CollectionSettings
-from server.storage.wal import WriteAheadLog
+from server.storage.recovery import CollectionDamaged
+from server.storage.wal import replay
 
 SETTINGS = CollectionSettings("c", 8)
 
@@ -73,16 +74,18 @@ def test_torn_tail_is_dropped_and_truncated(tmp_path: Path) -> None:
     _model_matches(_open(tmp_path / "c"), {"a": v[0], "b": v[1], "e": v[3]})
 
 
-def test_corrupt_record_stops_replay(tmp_path: Path) -> None:
+def test_a_damaged_complete_record_is_corruption_not_a_torn_tail(tmp_path: Path) -> None:
     c = _new(tmp_path)
     v = _vecs(2)
     c.upsert(["a"], v[:1], [{}])
     c.upsert(["b"], v[1:], [{}])
     wal = tmp_path / "c" / "wal-0.log"
     data = bytearray(wal.read_bytes())
-    data[-5] ^= 0xFF
+    data[-5] ^= 0xFF  # inside the last record, which is complete: it was acknowledged, so it may not be cut
     wal.write_bytes(bytes(data))
-    _model_matches(_open(tmp_path / "c"), {"a": v[0]})
+    with pytest.raises(CollectionDamaged, match=r"wal-0.log: record 2 at byte \d+ has a damaged body"):
+        _open(tmp_path / "c")
+    assert wal.read_bytes() == bytes(data)  # nothing truncated
 
 
 def test_snapshots_roll_generations_and_compact(tmp_path: Path) -> None:
@@ -104,7 +107,15 @@ def test_snapshots_roll_generations_and_compact(tmp_path: Path) -> None:
     folder = tmp_path / "c"
     generation = int((folder / "CURRENT").read_text())
     assert generation > 3
-    assert sorted(p.name for p in folder.glob("vectors-*.npy")) == [f"vectors-{generation}.npy"]
+    # The generation in force and the one before it (its replacement should this one be found damaged).
+    assert sorted(p.name for p in folder.glob("vectors-*.npy")) == [
+        f"vectors-{generation - 1}.npy",
+        f"vectors-{generation}.npy",
+    ]
+    assert sorted(p.name for p in folder.glob("wal-*.log")) == [
+        f"wal-{generation - 1}.log",
+        f"wal-{generation}.log",
+    ]
     assert c._view.index.rows <= len(model) + 60  # cleared rows were compacted away at the last snapshot
     _model_matches(c, model)
     _model_matches(_open(folder), model)
@@ -117,8 +128,9 @@ def test_close_snapshots_and_empties_the_log(tmp_path: Path) -> None:
     c.close()
     folder = tmp_path / "c"
     assert (folder / "CURRENT").read_text().strip() == "1"
-    assert (folder / "wal-1.log").stat().st_size == 0
-    assert not (folder / "wal-0.log").exists()
+    assert replay(folder / "wal-1.log").records == []
+    assert replay(folder / "wal-1.log").first_seq == 2  # the record after the one the snapshot holds
+    assert (folder / "wal-0.log").exists()  # kept until the next snapshot, as generation 1's fallback
     _model_matches(_open(folder), {"a": v[0], "b": v[1], "c": v[2]})
 
 
@@ -131,7 +143,7 @@ def test_duplicate_ids_in_one_upsert_keep_the_last(tmp_path: Path) -> None:
 
 
 def test_wal_replay_of_a_missing_file_is_empty(tmp_path: Path) -> None:
-    assert list(WriteAheadLog.replay(tmp_path / "none.log")) == []
+    assert replay(tmp_path / "none.log").records == []
 
 
 def test_prepare_vectors_names_the_bad_row(tmp_path: Path) -> None:

@@ -7,8 +7,12 @@ import time
 from dataclasses import dataclass
 
 import grpc
+from pyroaring import BitMap
+from visionsearch.v1 import visionsearch_pb2 as pb
 
 from server.errors import Error, fail
+from server.filters import compile_filter
+from server.storage import Collection
 
 
 def check_deadline(context: grpc.ServicerContext, before: str) -> None:
@@ -34,3 +38,8 @@ def call_budget(context: grpc.ServicerContext, before: str) -> Budget:
     # The callback runs when the call ends for any reason; it matters only if the call is still waiting.
     context.add_callback(cancelled.set)
     return Budget(None if remaining is None else time.monotonic() + remaining, cancelled)
+
+
+def passing(c: Collection, request_filter: pb.Filter) -> BitMap:
+    """The rows of ``c`` that pass a request's filter (INVALID_ARGUMENT for a filter it cannot answer)."""
+    return c.filter_rows(compile_filter(request_filter, c.settings.indexed, c.rows_for_ids))

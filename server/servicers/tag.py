@@ -1,22 +1,25 @@
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import grpc
 import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from embedder.errors import UnknownWord
 from embedder.tags import dedupe
 from embedder.text import TextSpace
 from kernels import topk_inner_product
-from server.errors import Error, fail, rpc_method
+from server.errors import Error, fail, quote, rpc_method
+from server.limits import MAX_VOCABULARY, check_count, check_word
 from server.servicers.common import call_budget
 from server.services import Services
+from server.tracing import span
 from server.wire import check_k
 
 DEFAULT_JOINT = "conse:spacy"
-MAX_VOCABULARY = 50_000
 # Candidates fetched per tag wanted, so that dropping later forms of a word still leaves k.
 _OVERFETCH = 4
 
@@ -47,13 +50,14 @@ class TagServicer(pb_grpc.TagServiceServicer):
         elif vocabulary:
             # Any word either the hierarchy or the text encoder knows; the rest are typos or gibberish.
             tagger = self.s.joints.tagger()
-            self._refuse_unknown(
-                [w for w in vocabulary if not tagger.knows(w) and not joint.text.known(w)], joint.text
-            )
+            unknown = [w for w in vocabulary if not tagger.knows(w) and not joint.text.known(w)]
+            if unknown:
+                self._unknown(unknown, joint.text)
         b = call_budget(context, "embedding the image")
         images = self.s.image_embedder(joint.backbone)
         size = joint.input_size or images.default_size
-        features = images.embed([request.image], size=size, deadline=b.deadline, cancelled=b.cancelled)
+        with span("embed"):
+            features = images.embed([request.image], size=size, deadline=b.deadline, cancelled=b.cancelled)
         resp = pb.TagResponse(joint=joint.name, mode=mode)
         if mode == pb.TAG_MODE_HIERARCHY:
             tagger = self.s.joints.tagger()
@@ -88,21 +92,27 @@ class TagServicer(pb_grpc.TagServiceServicer):
 
     @staticmethod
     def _check_vocabulary(vocabulary: list[str]) -> list[str]:
-        if len(vocabulary) > MAX_VOCABULARY:
-            fail(Error.BAD_REQUEST, f"vocabulary has {len(vocabulary)} words; at most {MAX_VOCABULARY}")
+        if not vocabulary:
+            return []
+        check_count("vocabulary", len(vocabulary), MAX_VOCABULARY, "send the words you want to choose from")
         words = list(dict.fromkeys(w.strip().lower() for w in vocabulary))
         if "" in words:
             fail(Error.BAD_REQUEST, "vocabulary contains an empty word")
+        for w in words:
+            check_word(w)
         return words
 
-    @staticmethod
-    def _refuse_unknown(unknown: list[str], text: TextSpace) -> None:
-        if unknown:
-            fail(
-                Error.BAD_REQUEST,
-                f"vocabulary words not in the {text.name} vocabulary: {', '.join(unknown[:20])}; remove them",
-            )
-
     def _encode(self, words: list[str], text: TextSpace) -> tuple[list[str], np.ndarray]:
-        self._refuse_unknown([w for w in words if not text.known(w)], text)
-        return words, text.encode(words)
+        unknown = [w for w in words if not text.known(w)]
+        if unknown:
+            self._unknown(unknown, text)
+        try:
+            return words, text.encode(words)
+        except UnknownWord as e:
+            # A word the table holds but the encoder cannot read (no letters it tokenises): same refusal.
+            self._unknown([e.word], text)
+
+    @staticmethod
+    def _unknown(unknown: list[str], text: TextSpace) -> NoReturn:
+        shown = quote(", ".join(unknown[:20]))
+        fail(Error.BAD_REQUEST, f"vocabulary words not in the {text.name} vocabulary: {shown}; remove them")

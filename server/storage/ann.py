@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from kernels.hnsw import HNSWIndex, HNSWParams
 from kernels.lsh import MAX_PROBES, LSHParams, RandomProjectionLSH
 from kernels.topk import trim_unfilled
 from kernels.tuning import AUTO_EXACT_BELOW, build_hnsw, tune_hnsw_ef, tune_lsh
+from server.storage import snapshot
 
 log = logging.getLogger("visionsearch.index")
 
@@ -82,10 +84,16 @@ class AnnManager:
         self._chosen_at = 0
         self._deferred = True  # during log replay: decide once at the end, not per record
         self._building: threading.Thread | None = None
+        self.build_progress = 1.0  # of the build in flight: 0 when it starts, 1 when none runs
         self._build_again = False
         self._retired = False
         self.build_done = threading.Event()
         self.build_done.set()
+
+    def set_recall_target(self, recall_target: float) -> None:
+        """A new target, met from the next index choice (the collection's next doubling, or its next open)."""
+        self.recall_target = recall_target
+        self._tune_target = recall_target + min(0.01, (1.0 - recall_target) / 2)
 
     @property
     def in_use(self) -> str:
@@ -136,6 +144,7 @@ class AnnManager:
         st = index._state
         rows = np.flatnonzero(st.alive[: st.n]).astype(np.int64)
         self._chosen_at = len(rows)
+        self.build_progress = 0.0
         self.build_done.clear()
         self._building = threading.Thread(
             target=self._build_then_swap,
@@ -160,6 +169,7 @@ class AnnManager:
             finally:
                 # Only now: readers of describe() must never see "exact, not building" between builds.
                 self._building = None
+                self.build_progress = 1.0
             try:
                 if self._build_again and not self._retired:
                     self._build_again = False
@@ -183,8 +193,11 @@ class AnnManager:
     def _choose(self, db: np.ndarray, rows: np.ndarray) -> _Choice:
         """Build and tune, off the writer's path. ``db`` rows in ``rows`` are never rewritten meanwhile."""
         lsh: _Choice | None = None
+        # Progress: LSH tuning (auto) is the first fifth; adding rows to the graph most of the rest.
+        graph_from = 0.0
         if self.kind in ("lsh", "auto"):
             tuned = tune_lsh(db, rows, self._tune_target)
+            self.build_progress = graph_from = 0.2 if self.kind == "auto" else 1.0
             p, m = tuned.index.params, tuned.measured
             if tuned.met or self.kind == "lsh":
                 index = tuned.index
@@ -199,7 +212,11 @@ class AnnManager:
                 lsh = _Choice("lsh", reason + " on 200 sampled queries", lsh=index, qps=m.qps)
             if self.kind == "lsh":
                 return lsh  # type: ignore[return-value]
-        hnsw = build_hnsw(db, rows, self.hnsw_params)
+
+        def added(share: float) -> None:
+            self.build_progress = graph_from + (0.95 - graph_from) * share
+
+        hnsw = build_hnsw(db, rows, self.hnsw_params, added)
         ef, m = tune_hnsw_ef(hnsw, db, rows, self._tune_target)
         hp = self.hnsw_params
         reason = (
@@ -260,11 +277,12 @@ class AnnManager:
 
     # -------------------------------------------------------- persistence (under the collection lock)
 
-    def save(self, folder: Path, generation: int) -> None:
-        """Record the index in force beside snapshot ``generation``, whose row i is row i of the storage."""
+    def save(self, folder: Path, generation: int) -> dict[str, dict[str, Any]]:
+        """Write the index in force beside snapshot ``generation`` (whose row i is row i of the storage);
+        returns the manifest entries of the files written."""
         choice = self._choice
         if choice.in_use == "exact":
-            return
+            return {}
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "kind": self.kind,
@@ -273,23 +291,33 @@ class AnnManager:
             "chosen_at": self._chosen_at,
             "ef": choice.ef,
         }
+        files: dict[str, dict[str, Any]] = {}
         if choice.lsh is not None:
             state["lsh"] = asdict(choice.lsh.params)
         if choice.hnsw is not None:
             state["hnsw"] = asdict(choice.hnsw.params)
-            tmp = graph_path(folder, generation).with_suffix(".tmp")
-            choice.hnsw.save(tmp)
-            tmp.replace(graph_path(folder, generation))
-        tmp = state_path(folder, generation).with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_path(folder, generation))
-
-    def restore(self, folder: Path, generation: int, index: ExactIndex) -> bool:
-        """Take the index saved with ``generation`` if it matches this collection; False to rebuild."""
+            path = graph_path(folder, generation)
+            choice.hnsw.save(path)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            files[path.name] = snapshot.file_sum(path)
         path = state_path(folder, generation)
-        if not path.exists():
+        path.write_text(json.dumps(state))
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        files[path.name] = snapshot.file_sum(path)
+        return files
+
+    def restore(self, folder: Path, manifest: snapshot.Manifest, index: ExactIndex) -> bool:
+        """Take the index saved with the snapshot of ``manifest`` if it matches this collection and its files
+        pass their checksums; False to rebuild it from the vectors. An unchecked graph is never loaded: a
+        damaged usearch file can crash the process."""
+        generation = manifest.generation
+        path = state_path(folder, generation)
+        if manifest.legacy or path.name not in manifest.files:
             return False
         try:
+            snapshot.verify(folder, manifest, [path.name])
             state = json.loads(path.read_text())
             if state.get("version") != _STATE_VERSION or state["kind"] != self.kind:
                 return False
@@ -298,6 +326,7 @@ class AnnManager:
                 params = HNSWParams(**state["hnsw"])
                 if params != self.hnsw_params or len(index) != index.rows:
                     return False
+                snapshot.verify(folder, manifest, [graph_path(folder, generation).name])
                 hnsw = HNSWIndex(index.dim, params)
                 hnsw.load(graph_path(folder, generation))
                 if len(hnsw) != len(index):
@@ -309,6 +338,11 @@ class AnnManager:
                 choice = _Choice("lsh", reason, lsh=lsh)
             else:
                 return False
+        except snapshot.SnapshotDamaged as e:
+            log.warning(
+                "collection %s: saved index is damaged (%s); rebuilding it from the vectors", self.name, e
+            )
+            return False
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             log.warning("collection %s: saved index not usable (%s); rebuilding", self.name, e)
             return False

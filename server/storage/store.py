@@ -1,21 +1,40 @@
-"""All collections of a data folder: create, open at start, list, drop."""
+"""All collections of a data folder: create, open at start, list, drop.
+
+A collection that cannot be opened without losing data does not stop the others: it is kept aside as
+``Damaged`` with the reason, reported by ListCollections/GetCollection and health, and every call on it gets
+DATA_LOSS until it is repaired offline (``visionsearch-admin``) or dropped.
+"""
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
-import json
 import logging
 import shutil
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from server.errors import Error, fail
-from server.storage import snapshot
+from server.errors import Error, fail, quote
 from server.storage.collection import NAME_RE, Collection, CollectionSettings
+from server.storage.recovery import CollectionDamaged, config_bytes, read_config
+from server.storage.snapshot import write_atomic
 
 log = logging.getLogger("visionsearch.store")
+
+
+# Settings that only an empty collection may change: re-indexing in place would stall its writers.
+STRUCTURAL = ("index", "hnsw_connectivity", "hnsw_expansion_add")
+
+
+@dataclass(frozen=True)
+class Damaged:
+    name: str
+    folder: Path
+    reason: str
+    settings: CollectionSettings | None  # when config.json still says what the collection was
 
 
 class CollectionStore:
@@ -35,14 +54,41 @@ class CollectionStore:
         self._kw = {"fsync": fsync, "snapshot_wal_bytes": snapshot_wal_bytes}
         self._lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
+        self.damaged: dict[str, Damaged] = {}
         trash = self.root / ".trash"
         if trash.exists():
             shutil.rmtree(trash)  # drops that a crash interrupted
+        for leftover in self.root.glob(".creating-*"):
+            shutil.rmtree(leftover)  # creations that a crash interrupted: never acknowledged
         for folder in sorted(self.root.iterdir()):
-            if folder.is_dir() and (folder / "config.json").exists():
-                c = Collection.open(folder, **self._kw)
-                self._collections[c.name] = c
-                log.info("opened collection %s: %d items", c.name, len(c))
+            if folder.is_dir() and not folder.name.startswith("."):
+                self._open(folder)
+
+    def _open(self, folder: Path) -> None:
+        if not any(folder.iterdir()):
+            log.warning("removing the empty folder %s (left by an interrupted creation)", folder)
+            folder.rmdir()
+            return
+        try:
+            c = Collection.open(folder, **self._kw)
+        except CollectionDamaged as e:
+            self._mark_damaged(folder, e.reason)
+            return
+        except Exception as e:  # anything unforeseen in one folder must not stop the server
+            log.exception("collection %s could not be opened", folder.name)
+            self._mark_damaged(folder, f"could not be opened ({type(e).__name__}: {str(e)[:200]})")
+            return
+        self._collections[c.name] = c
+        log.info("opened collection %s: %d items", c.name, len(c))
+
+    def _mark_damaged(self, folder: Path, reason: str) -> None:
+        raw, _ = read_config(folder)
+        try:
+            settings = CollectionSettings.from_dict(raw) if raw else None
+        except TypeError:
+            settings = None
+        self.damaged[folder.name] = Damaged(folder.name, folder, reason, settings)
+        log.error("collection %s is damaged and not served: %s", folder.name, reason)
 
     def create(self, settings: CollectionSettings) -> Collection:
         if settings.dim == 0 and settings.embedder in self._known_embedders:
@@ -54,25 +100,48 @@ class CollectionStore:
         with self._lock:
             if settings.name in self._collections:
                 fail(Error.ALREADY_EXISTS, f"collection {settings.name!r} already exists")
-            c = Collection.create(self.root / settings.name, settings, **self._kw)
+            if settings.name in self.damaged:
+                fail(
+                    Error.ALREADY_EXISTS,
+                    f"collection {settings.name!r} exists but is damaged: "
+                    "repair it with visionsearch-admin or drop it first",
+                )
+            folder = self.root / settings.name
+            if folder.exists():
+                # Not a collection we serve: what an interrupted creation or drop left. Creation is atomic
+                # (config.json exists before the folder has its name), so a folder without it holds no data.
+                if (folder / "config.json").exists() or any(folder.glob("wal-*.log")):
+                    fail(
+                        Error.ALREADY_EXISTS,
+                        f"the folder of collection {settings.name!r} holds data this server did not open: "
+                        "restart the server to open it, or remove the folder",
+                    )
+                shutil.rmtree(folder)
+            c = Collection.create(folder, settings, **self._kw)
             self._collections[settings.name] = c
             return c
 
-    def update(self, name: str, index: str, recall_target: float) -> Collection:
+    def update(self, name: str, changes: dict[str, object]) -> Collection:
+        """Apply setting changes (already validated by type); only an empty collection may change them."""
         with self._lock:
             c = self.get(name)
-            settings = dataclasses.replace(c.settings, index=index, recall_target=recall_target)
+            settings = dataclasses.replace(c.settings, **changes)  # type: ignore[arg-type]
             if settings == c.settings:
+                return c
+            settings.validate(self._known_embedders, self._known_joints())
+            structural = [k for k in STRUCTURAL if getattr(settings, k) != getattr(c.settings, k)]
+            if not structural:
+                c.reconfigure(settings)  # the recall target and payload indexes change in place
                 return c
             if len(c):
                 fail(
                     Error.PRECONDITION,
-                    f"collection {name!r} holds {len(c)} items: its index can only change while it is empty; "
-                    "create a new collection with the index you want and copy the items into it",
+                    f"collection {name!r} holds {len(c)} items: its index ({', '.join(structural)}) can only "
+                    "change while it is empty; create a new collection with the index you want and copy the "
+                    "items into it",
                 )
-            settings.validate(self._known_embedders, self._known_joints())
-            c.close()
-            snapshot.write_atomic(c.folder / "config.json", json.dumps(dataclasses.asdict(settings)).encode())
+            c.close(reason="reconfigured by UpdateCollection")
+            write_atomic(c.folder / "config.json", config_bytes(dataclasses.asdict(settings)))
             again = Collection.open(c.folder, **self._kw)
             self._collections[name] = again
             return again
@@ -80,23 +149,38 @@ class CollectionStore:
     def get(self, name: str) -> Collection:
         c = self._collections.get(name)
         if c is None:
-            if not NAME_RE.match(name):
-                fail(Error.BAD_REQUEST, f"collection name {name!r} must be 1-64 characters of [A-Za-z0-9_-]")
+            if name in self.damaged:
+                fail(
+                    Error.DATA_LOSS,
+                    f"collection {name!r} is damaged and not served: {self.damaged[name].reason}",
+                )
+            if not NAME_RE.fullmatch(name):
+                fail(
+                    Error.BAD_REQUEST,
+                    f"collection name {quote(name)} must be 1-64 characters of [A-Za-z0-9_-]",
+                )
             fail(Error.NOT_FOUND, f"collection {name!r} does not exist; create it first or list collections")
         return c
 
     def list(self) -> list[Collection]:
         return [self._collections[n] for n in sorted(self._collections)]
 
+    def list_damaged(self) -> builtins.list[Damaged]:
+        return [self.damaged[n] for n in sorted(self.damaged)]
+
     def drop(self, name: str) -> None:
         with self._lock:
-            c = self.get(name)
-            del self._collections[name]
-            c.close()
+            if name in self.damaged:
+                folder = self.damaged.pop(name).folder
+            else:
+                c = self.get(name)
+                del self._collections[name]
+                c.close(reason="dropped", flush=False)
+                folder = c.folder
             trash = self.root / ".trash"
             trash.mkdir(exist_ok=True)
             target = trash / f"{name}-{uuid.uuid4().hex}"
-            c.folder.rename(target)  # atomic: the collection is gone from disk before the files are
+            folder.rename(target)  # atomic: the collection is gone from disk before the files are
             shutil.rmtree(target)
 
     def close(self) -> None:

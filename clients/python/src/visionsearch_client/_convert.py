@@ -26,7 +26,18 @@ class VisionSearchError(Exception):
 
     @classmethod
     def from_rpc_error(cls, e: grpc.RpcError) -> VisionSearchError:
-        return cls(e.code(), e.details() or "")
+        details = e.details() or ""
+        low = details.lower()
+        if e.code() == grpc.StatusCode.UNAVAILABLE and any(w in low for w in _TLS_WORDS):
+            details += (
+                " (the TLS handshake failed: check that the server's certificate is valid for this address "
+                "and signed by a CA in root_certificates, and, if the server requires client certificates, "
+                "pass private_key and certificate_chain)"
+            )
+        return cls(e.code(), details)
+
+
+_TLS_WORDS = ("handshake", "ssl", "tls", "certificate", "verification")
 
 
 @dataclass(frozen=True)
@@ -36,13 +47,17 @@ class Item:
     id: str
     vector: npt.ArrayLike | None = None
     image: bytes | None = None
-    payload: Mapping[str, str] = field(default_factory=dict)
+    # Strings travel in the proto's `payload` map; ints, floats, bools and lists as typed `fields`.
+    payload: Mapping[str, PayloadValue] = field(default_factory=dict)
+
+
+PayloadValue = str | int | float | bool | list[str] | list[int]
 
 
 @dataclass(frozen=True)
 class StoredItem:
     id: str
-    payload: dict[str, str]
+    payload: dict[str, PayloadValue]
     vector: np.ndarray | None
 
 
@@ -51,7 +66,7 @@ class Hit:
     id: str
     score: float
     distance: float
-    payload: dict[str, str]
+    payload: dict[str, PayloadValue]
     vector: np.ndarray | None
 
 
@@ -104,6 +119,46 @@ class CollectionInfo:
     index_in_use: str = ""
     hnsw_connectivity: int = 16
     hnsw_expansion_add: int = 128
+    # "ready", or "damaged" (not served: every call on it fails with DATA_LOSS; ``state_reason`` says why).
+    state: str = "ready"
+    state_reason: str = ""
+    payload_indexes: dict[str, str] = field(default_factory=dict)  # key -> keyword|integer|float|bool
+    filter_planning: str = ""
+
+
+def to_value(v: PayloadValue) -> pb.PayloadValue:
+    if isinstance(v, bool):
+        return pb.PayloadValue(boolean=v)
+    if isinstance(v, int):
+        return pb.PayloadValue(integer=v)
+    if isinstance(v, float):
+        return pb.PayloadValue(number=v)
+    if isinstance(v, str):
+        return pb.PayloadValue(text=v)
+    values = list(v)
+    if values and all(isinstance(x, int) and not isinstance(x, bool) for x in values):
+        return pb.PayloadValue(integers=pb.IntList(values=values))  # type: ignore[arg-type]
+    return pb.PayloadValue(texts=pb.StringList(values=[str(x) for x in values]))
+
+
+def from_value(v: pb.PayloadValue) -> PayloadValue:
+    kind = v.WhichOneof("kind")
+    if kind == "texts":
+        return list(v.texts.values)
+    if kind == "integers":
+        return list(v.integers.values)
+    return getattr(v, kind) if kind else ""
+
+
+def split_payload(payload: Mapping[str, PayloadValue]) -> tuple[dict[str, str], dict[str, pb.PayloadValue]]:
+    strings = {k: v for k, v in payload.items() if isinstance(v, str)}
+    return strings, {k: to_value(v) for k, v in payload.items() if not isinstance(v, str)}
+
+
+def merged_payload(
+    strings: Mapping[str, str], fields: Mapping[str, pb.PayloadValue]
+) -> dict[str, PayloadValue]:
+    return {**strings, **{k: from_value(v) for k, v in fields.items()}}
 
 
 def to_vector(v: npt.ArrayLike) -> pb.Vector:
@@ -114,6 +169,7 @@ def from_vector(v: pb.Vector) -> np.ndarray:
     return np.frombuffer(v.f32, dtype="<f4").astype(np.float32)
 
 
+STATES = {pb.COLLECTION_STATE_READY: "ready", pb.COLLECTION_STATE_DAMAGED: "damaged"}
 SPACES = {None: pb.SPACE_UNSPECIFIED, "image": pb.SPACE_IMAGE, "joint": pb.SPACE_JOINT}
 TAG_MODES = {
     None: pb.TAG_MODE_UNSPECIFIED,
@@ -137,6 +193,8 @@ def search_request(
     space: str | None = None,
     exact: bool = False,
     effort: int = 0,
+    filter: pb.Filter | None = None,
+    score_threshold: float | None = None,
     hybrid: Hybrid | Sequence[str] | None = None,
 ) -> pb.SearchRequest:
     given = [x is not None for x in (vector, image, id, words, sentence)]
@@ -153,6 +211,10 @@ def search_request(
         exact=exact,
         effort=effort,
     )
+    if filter is not None:
+        req.filter.CopyFrom(filter)
+    if score_threshold is not None:
+        req.score_threshold = score_threshold
     if vector is not None:
         req.vector.CopyFrom(to_vector(vector))
     elif image is not None:
@@ -180,7 +242,8 @@ def search_request(
 def upsert_request(collection: str, items: Iterable[Item]) -> pb.UpsertRequest:
     req = pb.UpsertRequest(collection=collection)
     for it in items:
-        msg = req.items.add(id=it.id, payload=dict(it.payload))
+        strings, typed = split_payload(it.payload)
+        msg = req.items.add(id=it.id, payload=strings, fields=typed)
         if (it.vector is None) == (it.image is None):
             raise ValueError(f"item {it.id!r}: give exactly one of vector= or image=")
         if it.vector is not None:
@@ -200,6 +263,7 @@ def create_request(
     recall_target: float,
     hnsw_connectivity: int = 0,
     hnsw_expansion_add: int = 0,
+    payload_indexes: Mapping[str, str] | None = None,
 ) -> pb.CreateCollectionRequest:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}")
@@ -209,8 +273,29 @@ def create_request(
         name=name, dim=dim, metric=METRICS[metric], embedder=embedder, joint=joint,
         index=INDEXES[index], recall_target=recall_target,
         hnsw=pb.HnswConfig(connectivity=hnsw_connectivity, expansion_add=hnsw_expansion_add),
+        payload_indexes=payload_index_list(payload_indexes),
     )  # fmt: skip
     return pb.CreateCollectionRequest(config=config)
+
+
+PAYLOAD_TYPES = {
+    "keyword": pb.PAYLOAD_TYPE_KEYWORD,
+    "integer": pb.PAYLOAD_TYPE_INTEGER,
+    "float": pb.PAYLOAD_TYPE_FLOAT,
+    "bool": pb.PAYLOAD_TYPE_BOOL,
+}
+
+
+PAYLOAD_TYPE_NAMES = {v: k for k, v in PAYLOAD_TYPES.items()}
+
+
+def payload_index_list(indexes: Mapping[str, str] | None) -> list[pb.PayloadIndex]:
+    out = []
+    for key, kind in (indexes or {}).items():
+        if kind not in PAYLOAD_TYPES:
+            raise ValueError(f"payload index {key!r}: type must be one of {sorted(PAYLOAD_TYPES)}")
+        out.append(pb.PayloadIndex(key=key, type=PAYLOAD_TYPES[kind]))
+    return out
 
 
 def tag_request(
@@ -244,7 +329,7 @@ def hits(resp: pb.SearchResponse) -> Hits:
                 h.id,
                 h.score,
                 h.distance,
-                dict(h.payload),
+                merged_payload(h.payload, h.fields),
                 from_vector(h.vector) if h.HasField("vector") else None,
             )
             for h in resp.hits
@@ -264,11 +349,46 @@ def info(resp: pb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         c.name, c.dim, metric, c.embedder, resp.count, c.joint, resp.joint_dim, index, c.recall_target,
         resp.index_in_use, c.hnsw.connectivity, c.hnsw.expansion_add,
+        STATES.get(resp.state, "ready"), resp.state_reason,
+        {p.key: PAYLOAD_TYPE_NAMES.get(p.type, "?") for p in c.payload_indexes}, resp.filter_planning,
     )  # fmt: skip
 
 
 def stored_items(resp: pb.GetItemsResponse) -> list[StoredItem]:
     return [
-        StoredItem(i.id, dict(i.payload), from_vector(i.vector) if i.HasField("vector") else None)
+        StoredItem(
+            i.id, merged_payload(i.payload, i.fields), from_vector(i.vector) if i.HasField("vector") else None
+        )
         for i in resp.items
     ]
+
+
+def recommend_request(
+    collection: str,
+    positive: Sequence[str | npt.ArrayLike],
+    negative: Sequence[str | npt.ArrayLike],
+    k: int,
+    filter: pb.Filter | None,
+    space: str | None,
+    with_payload: bool,
+    with_vector: bool,
+    score_threshold: float | None,
+) -> pb.RecommendRequest:
+    if space not in SPACES:
+        raise ValueError("space must be None, 'image' or 'joint'")
+    req = pb.RecommendRequest(
+        collection=collection, k=k, space=SPACES[space], with_payload=with_payload, with_vector=with_vector,
+        filter=filter,
+    )  # fmt: skip
+    for examples, ids, vectors in (
+        (positive, req.positive_ids, req.positive_vectors),
+        (negative, req.negative_ids, req.negative_vectors),
+    ):
+        for e in examples:
+            if isinstance(e, str):
+                ids.append(e)
+            else:
+                vectors.append(to_vector(e))
+    if score_threshold is not None:
+        req.score_threshold = score_threshold
+    return req

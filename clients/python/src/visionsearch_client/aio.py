@@ -13,6 +13,7 @@ from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from visionsearch_client import _convert as cv
+from visionsearch_client._channel import PemSource, aio_channel, channel_options, credentials
 from visionsearch_client._convert import (
     CollectionInfo,
     Hits,
@@ -23,17 +24,31 @@ from visionsearch_client._convert import (
     VisionSearchError,
     WordHit,
 )
-from visionsearch_client.client import DEFAULT_MAX_MESSAGE, channel_options
+from visionsearch_client.client import DEFAULT_MAX_MESSAGE
 
 
 class AsyncClient:
     """``async with AsyncClient("localhost:50051") as c: await c.search(...)``."""
 
     def __init__(
-        self, target: str, *, timeout: float | None = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+        self,
+        target: str,
+        *,
+        timeout: float | None = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        root_certificates: PemSource = None,
+        private_key: PemSource = None,
+        certificate_chain: PemSource = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        """The same connection options as ``Client``."""
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        creds = credentials(tls, root_certificates, private_key, certificate_chain)
+        opts = [*channel_options(max_message_bytes), *options]
+        self._channel = aio_channel(target, opts, creds, api_key)
+        self._server = pb_grpc.ServerServiceStub(self._channel)
         self._embed = pb_grpc.EmbedServiceStub(self._channel)
         self._search = pb_grpc.SearchServiceStub(self._channel)
         self._tag = pb_grpc.TagServiceStub(self._channel)
@@ -54,6 +69,9 @@ class AsyncClient:
             return await method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as e:
             raise VisionSearchError.from_rpc_error(e) from None
+
+    async def server_info(self, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        return await self._call(self._server.GetServerInfo, pb.GetServerInfoRequest(), timeout)
 
     async def healthy(self, service: str = "", timeout: float | None = None) -> bool:
         resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

@@ -9,17 +9,30 @@ Four services share these messages:
   TagService        image -> words of a vocabulary, through a joint image-word space
   CollectionService create, fill, read and drop collections of vectors with payloads
 
-Errors are gRPC status codes with a message that says what to fix:
-  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range)
-  NOT_FOUND          unknown collection, item id or word (the message names it)
-  ALREADY_EXISTS     creating a collection that exists
-  RESOURCE_EXHAUSTED a message over the server's size limit
+Errors are gRPC status codes with a message that says what to fix (a message quotes at most about 100
+characters of any input):
+  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range,
+                     a request over a count limit, bytes that are not a valid message of the method's type)
+  NOT_FOUND          unknown collection, item id or word (the message names it); a collection dropped
+                     while the call waited
+  ALREADY_EXISTS     creating a collection that exists (or exists but is damaged)
+  RESOURCE_EXHAUSTED a message over the server's size limit, a response that would be; the server's disk
+                     is full (the write was not applied); the embedding queue is full
   FAILED_PRECONDITION the collection cannot answer this kind of query (no image embedder, no joint space)
+  ABORTED            the collection was reconfigured (UpdateCollection) while the call waited: retry
+  UNAVAILABLE        the disk failed on a write (the write was not applied): retry later
+  DATA_LOSS          the collection was found damaged at start and is not served (CollectionInfo.state)
   UNIMPLEMENTED      a service or option this server does not offer yet
+
+Request limits (INVALID_ARGUMENT beyond them): 10,000 ids per GetItems or Delete, 10,000 items per Upsert
+and at most 256 MiB of their vectors (items x dim x 4 bytes), 256 words per text query, 2,000 characters
+per sentence, 100 characters per word, 50,000 words per Tag vocabulary, images of at most the server's
+pixel limit (40 M by default) and an aspect ratio of at most 100:1.
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -33,6 +46,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PayloadType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PayloadTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYLOAD_TYPE_UNSPECIFIED: _PayloadType.ValueType  # 0
+    PAYLOAD_TYPE_KEYWORD: _PayloadType.ValueType  # 1
+    """Strings (payload or PayloadValue.text/texts): match on equality or any-of. Kept as value -> row bitmaps."""
+    PAYLOAD_TYPE_INTEGER: _PayloadType.ValueType  # 2
+    """Whole numbers (PayloadValue.integer/integers): match and range. Bitmaps plus value-sorted arrays."""
+    PAYLOAD_TYPE_FLOAT: _PayloadType.ValueType  # 3
+    """Numbers (PayloadValue.number or integer): range. Value-sorted arrays."""
+    PAYLOAD_TYPE_BOOL: _PayloadType.ValueType  # 4
+    """PayloadValue.boolean: match."""
+
+class PayloadType(_PayloadType, metaclass=_PayloadTypeEnumTypeWrapper):
+    """The type of a payload field a collection indexes (CollectionConfig.payload_indexes). Only indexed fields
+    can be filtered on; an upsert whose value for an indexed field has another type is refused.
+    """
+
+PAYLOAD_TYPE_UNSPECIFIED: PayloadType.ValueType  # 0
+PAYLOAD_TYPE_KEYWORD: PayloadType.ValueType  # 1
+"""Strings (payload or PayloadValue.text/texts): match on equality or any-of. Kept as value -> row bitmaps."""
+PAYLOAD_TYPE_INTEGER: PayloadType.ValueType  # 2
+"""Whole numbers (PayloadValue.integer/integers): match and range. Bitmaps plus value-sorted arrays."""
+PAYLOAD_TYPE_FLOAT: PayloadType.ValueType  # 3
+"""Numbers (PayloadValue.number or integer): range. Value-sorted arrays."""
+PAYLOAD_TYPE_BOOL: PayloadType.ValueType  # 4
+"""PayloadValue.boolean: match."""
+Global___PayloadType: _TypeAlias = PayloadType  # noqa: Y015
 
 class _Metric:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -150,6 +195,36 @@ TAG_MODE_NEAREST_WORDS: TagMode.ValueType  # 2
 """The words of the text vocabulary (or of `vocabulary`) nearest to the image's joint vector by cosine."""
 Global___TagMode: _TypeAlias = TagMode  # noqa: Y015
 
+class _CollectionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CollectionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CollectionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COLLECTION_STATE_UNSPECIFIED: _CollectionState.ValueType  # 0
+    COLLECTION_STATE_READY: _CollectionState.ValueType  # 1
+    """Opened and serving."""
+    COLLECTION_STATE_DAMAGED: _CollectionState.ValueType  # 2
+    """Found damaged when the server started (e.g. a corrupt log record with intact records after it, or a
+    snapshot that fails its checksums with no sound earlier generation): not served, so that nothing is
+    lost or served wrong. Every call on it answers DATA_LOSS; `state_reason` names the file, the offset
+    and the fix (`visionsearch-admin check` / `repair`, offline). It can be dropped.
+    """
+
+class CollectionState(_CollectionState, metaclass=_CollectionStateEnumTypeWrapper):
+    """Whether a collection is served."""
+
+COLLECTION_STATE_UNSPECIFIED: CollectionState.ValueType  # 0
+COLLECTION_STATE_READY: CollectionState.ValueType  # 1
+"""Opened and serving."""
+COLLECTION_STATE_DAMAGED: CollectionState.ValueType  # 2
+"""Found damaged when the server started (e.g. a corrupt log record with intact records after it, or a
+snapshot that fails its checksums with no sound earlier generation): not served, so that nothing is
+lost or served wrong. Every call on it answers DATA_LOSS; `state_reason` names the file, the offset
+and the fix (`visionsearch-admin check` / `repair`, offline). It can be dropped.
+"""
+Global___CollectionState: _TypeAlias = CollectionState  # noqa: Y015
+
 @_typing.final
 class Vector(_message.Message):
     """A dense vector.
@@ -178,6 +253,306 @@ class Vector(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Vector: _TypeAlias = Vector  # noqa: Y015
+
+@_typing.final
+class PayloadValue(_message.Message):
+    """One typed payload value. Payloads are string maps (`payload`) plus, beside them, typed values (`fields`);
+    an item's payload is the union of both maps, and a key may not be in both.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    INTEGER_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    BOOLEAN_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    INTEGERS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    integer: _builtins.int
+    number: _builtins.float
+    boolean: _builtins.bool
+    @_builtins.property
+    def texts(self) -> Global___StringList: ...
+    @_builtins.property
+    def integers(self) -> Global___IntList: ...
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        integer: _builtins.int = ...,
+        number: _builtins.float = ...,
+        boolean: _builtins.bool = ...,
+        texts: Global___StringList | None = ...,
+        integers: Global___IntList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["boolean", b"boolean", "integer", b"integer", "integers", b"integers", "kind", b"kind", "number", b"number", "text", b"text", "texts", b"texts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boolean", b"boolean", "integer", b"integer", "integers", b"integers", "kind", b"kind", "number", b"number", "text", b"text", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "integer", "number", "boolean", "texts", "integers"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___PayloadValue: _TypeAlias = PayloadValue  # noqa: Y015
+
+@_typing.final
+class StringList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StringList: _TypeAlias = StringList  # noqa: Y015
+
+@_typing.final
+class IntList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntList: _TypeAlias = IntList  # noqa: Y015
+
+@_typing.final
+class PayloadIndex(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The payload key, 1-64 characters."""
+    type: Global___PayloadType.ValueType
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        type: Global___PayloadType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayloadIndex: _TypeAlias = PayloadIndex  # noqa: Y015
+
+@_typing.final
+class Filter(_message.Message):
+    """Which items a search, count, scroll, delete or recommendation considers. A condition on a field holding a
+    list holds when any element satisfies it. Limits (INVALID_ARGUMENT beyond, naming the field): only fields
+    the collection indexes, with a condition their type allows (no range on a keyword); no empty filter or
+    clause; at most 16 levels of nesting, 1,024 values in one any-of, 10,000 ids in one has_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MUST_FIELD_NUMBER: _builtins.int
+    SHOULD_FIELD_NUMBER: _builtins.int
+    MUST_NOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def must(self) -> _containers.RepeatedCompositeFieldContainer[Global___Condition]:
+        """Every one of these holds."""
+
+    @_builtins.property
+    def should(self) -> _containers.RepeatedCompositeFieldContainer[Global___Condition]:
+        """At least one of these holds (when there are any)."""
+
+    @_builtins.property
+    def must_not(self) -> _containers.RepeatedCompositeFieldContainer[Global___Condition]:
+        """None of these holds."""
+
+    def __init__(
+        self,
+        *,
+        must: _abc.Iterable[Global___Condition] | None = ...,
+        should: _abc.Iterable[Global___Condition] | None = ...,
+        must_not: _abc.Iterable[Global___Condition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["must", b"must", "must_not", b"must_not", "should", b"should"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Filter: _TypeAlias = Filter  # noqa: Y015
+
+@_typing.final
+class Condition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    EXISTS_FIELD_NUMBER: _builtins.int
+    HAS_ID_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    exists: _builtins.str
+    """The item has this payload key (with any value)."""
+    @_builtins.property
+    def match(self) -> Global___FieldMatch: ...
+    @_builtins.property
+    def range(self) -> Global___FieldRange: ...
+    @_builtins.property
+    def has_id(self) -> Global___HasId:
+        """The item's id is one of these."""
+
+    @_builtins.property
+    def filter(self) -> Global___Filter:
+        """A nested filter."""
+
+    def __init__(
+        self,
+        *,
+        match: Global___FieldMatch | None = ...,
+        range: Global___FieldRange | None = ...,
+        exists: _builtins.str = ...,
+        has_id: Global___HasId | None = ...,
+        filter: Global___Filter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "exists", b"exists", "filter", b"filter", "has_id", b"has_id", "match", b"match", "range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "exists", b"exists", "filter", b"filter", "has_id", b"has_id", "match", b"match", "range", b"range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["match", "range", "exists", "has_id", "filter"]  # noqa: Y015
+    _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
+
+Global___Condition: _TypeAlias = Condition  # noqa: Y015
+
+@_typing.final
+class FieldMatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    INTEGER_FIELD_NUMBER: _builtins.int
+    BOOLEAN_FIELD_NUMBER: _builtins.int
+    ANY_KEYWORDS_FIELD_NUMBER: _builtins.int
+    ANY_INTEGERS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    keyword: _builtins.str
+    """Equal to this string (a keyword field)."""
+    integer: _builtins.int
+    """Equal to this number (an integer field)."""
+    boolean: _builtins.bool
+    """Equal to this (a bool field)."""
+    @_builtins.property
+    def any_keywords(self) -> Global___StringList:
+        """Equal to any of these strings."""
+
+    @_builtins.property
+    def any_integers(self) -> Global___IntList:
+        """Equal to any of these numbers."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        keyword: _builtins.str = ...,
+        integer: _builtins.int = ...,
+        boolean: _builtins.bool = ...,
+        any_keywords: Global___StringList | None = ...,
+        any_integers: Global___IntList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["any_integers", b"any_integers", "any_keywords", b"any_keywords", "boolean", b"boolean", "integer", b"integer", "keyword", b"keyword", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_integers", b"any_integers", "any_keywords", b"any_keywords", "boolean", b"boolean", "integer", b"integer", "key", b"key", "keyword", b"keyword", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["keyword", "integer", "boolean", "any_keywords", "any_integers"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___FieldMatch: _TypeAlias = FieldMatch  # noqa: Y015
+
+@_typing.final
+class FieldRange(_message.Message):
+    """Bounds on a number (an integer or float field); unset bounds are open."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    GT_FIELD_NUMBER: _builtins.int
+    GTE_FIELD_NUMBER: _builtins.int
+    LT_FIELD_NUMBER: _builtins.int
+    LTE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    gt: _builtins.float
+    gte: _builtins.float
+    lt: _builtins.float
+    lte: _builtins.float
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        gt: _builtins.float | None = ...,
+        gte: _builtins.float | None = ...,
+        lt: _builtins.float | None = ...,
+        lte: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gt", b"_gt", "_gte", b"_gte", "_lt", b"_lt", "_lte", b"_lte", "gt", b"gt", "gte", b"gte", "lt", b"lt", "lte", b"lte"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gt", b"_gt", "_gte", b"_gte", "_lt", b"_lt", "_lte", b"_lte", "gt", b"gt", "gte", b"gte", "key", b"key", "lt", b"lt", "lte", b"lte"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gt: _TypeAlias = _typing.Literal["gt"]  # noqa: Y015
+    _WhichOneofArgType__gt: _TypeAlias = _typing.Literal["_gt", b"_gt"]  # noqa: Y015
+    _WhichOneofReturnType__gte: _TypeAlias = _typing.Literal["gte"]  # noqa: Y015
+    _WhichOneofArgType__gte: _TypeAlias = _typing.Literal["_gte", b"_gte"]  # noqa: Y015
+    _WhichOneofReturnType__lt: _TypeAlias = _typing.Literal["lt"]  # noqa: Y015
+    _WhichOneofArgType__lt: _TypeAlias = _typing.Literal["_lt", b"_lt"]  # noqa: Y015
+    _WhichOneofReturnType__lte: _TypeAlias = _typing.Literal["lte"]  # noqa: Y015
+    _WhichOneofArgType__lte: _TypeAlias = _typing.Literal["_lte", b"_lte"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gt) -> _WhichOneofReturnType__gt | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gte) -> _WhichOneofReturnType__gte | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lt) -> _WhichOneofReturnType__lt | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lte) -> _WhichOneofReturnType__lte | None: ...
+
+Global___FieldRange: _TypeAlias = FieldRange  # noqa: Y015
+
+@_typing.final
+class HasId(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HasId: _TypeAlias = HasId  # noqa: Y015
 
 @_typing.final
 class EmbedRequest(_message.Message):
@@ -307,6 +682,8 @@ class SearchRequest(_message.Message):
     SPACE_FIELD_NUMBER: _builtins.int
     EXACT_FIELD_NUMBER: _builtins.int
     EFFORT_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    SCORE_THRESHOLD_FIELD_NUMBER: _builtins.int
     HYBRID_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     image: _builtins.bytes
@@ -326,6 +703,8 @@ class SearchRequest(_message.Message):
     """Work per query for an approximate index, 1..1024: LSH buckets probed per table (at most 176), HNSW's ef.
     0: the collection's tuned setting.
     """
+    score_threshold: _builtins.float
+    """Only hits whose score is at least this."""
     @_builtins.property
     def vector(self) -> Global___Vector:
         """A vector of the collection's dimension."""
@@ -333,6 +712,12 @@ class SearchRequest(_message.Message):
     @_builtins.property
     def text(self) -> Global___TextQuery:
         """Words or a sentence (joint space only)."""
+
+    @_builtins.property
+    def filter(self) -> Global___Filter:
+        """Only items that pass. The response is still k hits whenever k items pass (an approximate index is
+        widened, or the passing items are scanned exactly); `notes` names the plan.
+        """
 
     @_builtins.property
     def hybrid(self) -> Global___HybridOptions:
@@ -355,14 +740,21 @@ class SearchRequest(_message.Message):
         space: Global___Space.ValueType = ...,
         exact: _builtins.bool = ...,
         effort: _builtins.int = ...,
+        filter: Global___Filter | None = ...,
+        score_threshold: _builtins.float | None = ...,
         hybrid: Global___HybridOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hybrid", b"hybrid", "id", b"id", "image", b"image", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "filter", b"filter", "hybrid", b"hybrid", "id", b"id", "image", b"image", "query", b"query", "score_threshold", b"score_threshold", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "effort", b"effort", "exact", b"exact", "hybrid", b"hybrid", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "space", b"space", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "collection", b"collection", "effort", b"effort", "exact", b"exact", "filter", b"filter", "hybrid", b"hybrid", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "score_threshold", b"score_threshold", "space", b"space", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score_threshold: _TypeAlias = _typing.Literal["score_threshold"]  # noqa: Y015
+    _WhichOneofArgType__score_threshold: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold"]  # noqa: Y015
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["vector", "image", "id", "text"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score_threshold) -> _WhichOneofReturnType__score_threshold | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
@@ -433,11 +825,33 @@ class Hit(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___PayloadValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___PayloadValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     DISTANCE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     score: _builtins.float
     """Similarity under the collection's metric; higher is closer. For a hybrid search, the fused score."""
@@ -447,6 +861,10 @@ class Hit(_message.Message):
     def payload(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def vector(self) -> Global___Vector: ...
+    @_builtins.property
+    def fields(self) -> _containers.MessageMap[_builtins.str, Global___PayloadValue]:
+        """The hit's typed payload values (with_payload); `payload` holds its string values."""
+
     def __init__(
         self,
         *,
@@ -455,10 +873,11 @@ class Hit(_message.Message):
         distance: _builtins.float = ...,
         payload: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         vector: Global___Vector | None = ...,
+        fields: _abc.Mapping[_builtins.str, Global___PayloadValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "id", b"id", "payload", b"payload", "score", b"score", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "fields", b"fields", "id", b"id", "payload", b"payload", "score", b"score", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,6 +980,121 @@ class NearestWordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NearestWordsResponse: _TypeAlias = NearestWordsResponse  # noqa: Y015
+
+@_typing.final
+class SearchBatchRequest(_message.Message):
+    """Several searches of one collection in one call. Vector queries without a filter are answered together in
+    one pass of the batched kernel (or the index's batch path).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    SEARCHES_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    @_builtins.property
+    def searches(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchRequest]:
+        """Each with its own query, k, filter and options; its `collection` is left empty (or is the batch's).
+        At most 1,024 (INVALID_ARGUMENT beyond).
+        """
+
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        searches: _abc.Iterable[Global___SearchRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "searches", b"searches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchBatchRequest: _TypeAlias = SearchBatchRequest  # noqa: Y015
+
+@_typing.final
+class SearchBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchResponse]:
+        """One per search, in order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SearchResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchBatchResponse: _TypeAlias = SearchBatchResponse  # noqa: Y015
+
+@_typing.final
+class RecommendRequest(_message.Message):
+    """Items like the positive examples and unlike the negative ones (Qdrant's average-vector strategy: the query
+    is 2 x mean(positive) - mean(negative), or mean(positive) without negatives). Example items are not hits.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    POSITIVE_IDS_FIELD_NUMBER: _builtins.int
+    POSITIVE_VECTORS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_IDS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_VECTORS_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    SPACE_FIELD_NUMBER: _builtins.int
+    WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
+    WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    SCORE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    k: _builtins.int
+    space: Global___Space.ValueType
+    with_payload: _builtins.bool
+    with_vector: _builtins.bool
+    score_threshold: _builtins.float
+    @_builtins.property
+    def positive_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of stored items, and vectors of the space searched (at least one positive example in all)."""
+
+    @_builtins.property
+    def positive_vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vector]: ...
+    @_builtins.property
+    def negative_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def negative_vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vector]: ...
+    @_builtins.property
+    def filter(self) -> Global___Filter: ...
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        positive_ids: _abc.Iterable[_builtins.str] | None = ...,
+        positive_vectors: _abc.Iterable[Global___Vector] | None = ...,
+        negative_ids: _abc.Iterable[_builtins.str] | None = ...,
+        negative_vectors: _abc.Iterable[Global___Vector] | None = ...,
+        k: _builtins.int = ...,
+        filter: Global___Filter | None = ...,
+        space: Global___Space.ValueType = ...,
+        with_payload: _builtins.bool = ...,
+        with_vector: _builtins.bool = ...,
+        score_threshold: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "filter", b"filter", "score_threshold", b"score_threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "collection", b"collection", "filter", b"filter", "k", b"k", "negative_ids", b"negative_ids", "negative_vectors", b"negative_vectors", "positive_ids", b"positive_ids", "positive_vectors", b"positive_vectors", "score_threshold", b"score_threshold", "space", b"space", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score_threshold: _TypeAlias = _typing.Literal["score_threshold"]  # noqa: Y015
+    _WhichOneofArgType__score_threshold: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score_threshold) -> _WhichOneofReturnType__score_threshold | None: ...
+
+Global___RecommendRequest: _TypeAlias = RecommendRequest  # noqa: Y015
 
 @_typing.final
 class TagRequest(_message.Message):
@@ -669,6 +1203,7 @@ class CollectionConfig(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     RECALL_TARGET_FIELD_NUMBER: _builtins.int
     HNSW_FIELD_NUMBER: _builtins.int
+    PAYLOAD_INDEXES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters from [A-Za-z0-9_-]."""
     dim: _builtins.int
@@ -698,6 +1233,10 @@ class CollectionConfig(_message.Message):
     def hnsw(self) -> Global___HnswConfig:
         """Graph settings used when the index is (or INDEX_AUTO chooses) HNSW. Saved with the collection."""
 
+    @_builtins.property
+    def payload_indexes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayloadIndex]:
+        """Payload fields to index for filters, each with its type (at most 64)."""
+
     def __init__(
         self,
         *,
@@ -709,10 +1248,11 @@ class CollectionConfig(_message.Message):
         index: Global___IndexType.ValueType = ...,
         recall_target: _builtins.float = ...,
         hnsw: Global___HnswConfig | None = ...,
+        payload_indexes: _abc.Iterable[Global___PayloadIndex] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hnsw", b"hnsw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "recall_target", b"recall_target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "payload_indexes", b"payload_indexes", "recall_target", b"recall_target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -750,13 +1290,27 @@ class CollectionInfo(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     JOINT_DIM_FIELD_NUMBER: _builtins.int
     INDEX_IN_USE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
+    FILTER_PLANNING_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     joint_dim: _builtins.int
     """Width of the joint space, 0 without one."""
     index_in_use: _builtins.str
     """The index answering image-space searches now (for INDEX_AUTO, what it chose) and its parameters."""
+    state: Global___CollectionState.ValueType
+    state_reason: _builtins.str
+    """Why a collection is damaged; for a ready one, what was repaired when it was opened, if anything (e.g.
+    "snapshot 7: vectors-7.npy fails its checksum: replaced by snapshot 6 and the logs after it").
+    """
+    filter_planning: _builtins.str
+    """How filtered searches are planned for this collection now: below how many passing items they scan
+    exactly, and how the approximate index is widened above that. Each response's notes name the plan run.
+    """
     @_builtins.property
-    def config(self) -> Global___CollectionConfig: ...
+    def config(self) -> Global___CollectionConfig:
+        """For a damaged collection, what its config.json still says (name at least)."""
+
     def __init__(
         self,
         *,
@@ -764,10 +1318,13 @@ class CollectionInfo(_message.Message):
         count: _builtins.int = ...,
         joint_dim: _builtins.int = ...,
         index_in_use: _builtins.str = ...,
+        state: Global___CollectionState.ValueType = ...,
+        state_reason: _builtins.str = ...,
+        filter_planning: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "index_in_use", b"index_in_use", "joint_dim", b"joint_dim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "count", b"count", "filter_planning", b"filter_planning", "index_in_use", b"index_in_use", "joint_dim", b"joint_dim", "state", b"state", "state_reason", b"state_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -797,10 +1354,32 @@ class Item(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___PayloadValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___PayloadValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """1-256 bytes of UTF-8. Upserting an existing id replaces it."""
     image: _builtins.bytes
@@ -810,6 +1389,12 @@ class Item(_message.Message):
     def payload(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form metadata returned with hits, e.g. {"label": "lion", "source": "tuxpaint/animals/lion.png"}."""
 
+    @_builtins.property
+    def fields(self) -> _containers.MessageMap[_builtins.str, Global___PayloadValue]:
+        """Typed payload values, e.g. {"price": number 29.9, "sizes": texts ["S", "M"], "in_stock": boolean true}.
+        Filters need them for integer, float and bool fields. A key may be in `payload` or here, not both.
+        """
+
     def __init__(
         self,
         *,
@@ -817,10 +1402,11 @@ class Item(_message.Message):
         vector: Global___Vector | None = ...,
         image: _builtins.bytes = ...,
         payload: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        fields: _abc.Mapping[_builtins.str, Global___PayloadValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "image", b"image", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "id", b"id", "image", b"image", "payload", b"payload", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "fields", b"fields", "id", b"id", "image", b"image", "payload", b"payload", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["vector", "image"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
@@ -945,7 +1531,9 @@ class UpsertRequest(_message.Message):
     collection: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
-        """Applied all-or-nothing: one bad item refuses the whole request. Durable when the call returns."""
+        """Applied all-or-nothing: one bad item refuses the whole request. Durable when the call returns.
+        At most 10,000 items and 256 MiB of vectors (items x dim x 4 bytes).
+        """
 
     def __init__(
         self,
@@ -989,18 +1577,26 @@ class DeleteRequest(_message.Message):
 
     COLLECTION_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     @_builtins.property
-    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 10,000."""
+
+    @_builtins.property
+    def filter(self) -> Global___Filter:
+        """Instead of ids: delete every item that passes (give one or the other)."""
+
     def __init__(
         self,
         *,
         collection: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
+        filter: Global___Filter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter", b"filter", "ids", b"ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1039,7 +1635,11 @@ class GetItemsRequest(_message.Message):
     collection: _builtins.str
     with_vector: _builtins.bool
     @_builtins.property
-    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 10,000. A response that would exceed the server's message limit is refused with
+        RESOURCE_EXHAUSTED before it is built: ask for fewer ids, or without vectors.
+        """
+
     def __init__(
         self,
         *,
@@ -1084,23 +1684,36 @@ class UpdateCollectionRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     RECALL_TARGET_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     index: Global___IndexType.ValueType
-    """The new index type and recall target. Only an empty collection can change them (FAILED_PRECONDITION
-    otherwise: re-indexing a large collection in place would stall its writers; create a new collection
-    with the index you want and copy the items over).
-    """
+    """Without update_mask: the new index type (INDEX_UNSPECIFIED: unchanged) and recall target (0: unchanged)."""
     recall_target: _builtins.float
+    @_builtins.property
+    def config(self) -> Global___CollectionConfig:
+        """With update_mask: the new values of the fields it names; every other setting stays as it is."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of `config` to change: "recall_target" and "payload_indexes" (any time; an index on a field
+        is built from the stored payloads), "index", "hnsw.connectivity" and "hnsw.expansion_add" (only while
+        the collection is empty, FAILED_PRECONDITION otherwise). "name", "dim", "metric", "embedder" and "joint"
+        cannot change (INVALID_ARGUMENT), nor can an unknown path.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         index: Global___IndexType.ValueType = ...,
         recall_target: _builtins.float = ...,
+        config: Global___CollectionConfig | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "name", b"name", "recall_target", b"recall_target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "index", b"index", "name", b"name", "recall_target", b"recall_target", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1111,15 +1724,21 @@ class CountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COLLECTION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
+    @_builtins.property
+    def filter(self) -> Global___Filter:
+        """Count only the items that pass."""
+
     def __init__(
         self,
         *,
         collection: _builtins.str = ...,
+        filter: Global___Filter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filter", b"filter"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1143,3 +1762,411 @@ class CountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountResponse: _TypeAlias = CountResponse  # noqa: Y015
+
+@_typing.final
+class ScrollRequest(_message.Message):
+    """A page of a collection's items in id order (byte order of the UTF-8 ids).
+
+    Consistency while writes go on: an item present for the whole walk is returned exactly once; an item
+    upserted or deleted during it may or may not be. The cursor is an item id with the collection's identity,
+    signed by the server: a forged cursor, a cursor of another collection, or one from before the collection
+    was dropped and created again is refused with INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    WITH_VECTOR_FIELD_NUMBER: _builtins.int
+    WITHOUT_PAYLOAD_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    limit: _builtins.int
+    """1..1,000 items per page; 0 means 100."""
+    cursor: _builtins.str
+    """Empty for the first page; then the previous response's next_cursor."""
+    with_vector: _builtins.bool
+    without_payload: _builtins.bool
+    """Payloads are returned unless this is set."""
+    @_builtins.property
+    def filter(self) -> Global___Filter: ...
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        filter: Global___Filter | None = ...,
+        with_vector: _builtins.bool = ...,
+        without_payload: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "cursor", b"cursor", "filter", b"filter", "limit", b"limit", "with_vector", b"with_vector", "without_payload", b"without_payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScrollRequest: _TypeAlias = ScrollRequest  # noqa: Y015
+
+@_typing.final
+class ScrollResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Empty after the last page."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___Item] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScrollResponse: _TypeAlias = ScrollResponse  # noqa: Y015
+
+@_typing.final
+class SetPayloadRequest(_message.Message):
+    """Set payload keys of stored items without resending their vectors (the keys given replace those values;
+    other keys stay). Durable when the call returns. Unknown ids are ignored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PayloadEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___PayloadValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___PayloadValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 10,000."""
+
+    @_builtins.property
+    def payload(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def fields(self) -> _containers.MessageMap[_builtins.str, Global___PayloadValue]: ...
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        payload: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        fields: _abc.Mapping[_builtins.str, Global___PayloadValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "fields", b"fields", "ids", b"ids", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPayloadRequest: _TypeAlias = SetPayloadRequest  # noqa: Y015
+
+@_typing.final
+class SetPayloadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATED_FIELD_NUMBER: _builtins.int
+    updated: _builtins.int
+    """Items found and changed."""
+    def __init__(
+        self,
+        *,
+        updated: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPayloadResponse: _TypeAlias = SetPayloadResponse  # noqa: Y015
+
+@_typing.final
+class DeletePayloadKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePayloadKeysRequest: _TypeAlias = DeletePayloadKeysRequest  # noqa: Y015
+
+@_typing.final
+class DeletePayloadKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATED_FIELD_NUMBER: _builtins.int
+    updated: _builtins.int
+    def __init__(
+        self,
+        *,
+        updated: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePayloadKeysResponse: _TypeAlias = DeletePayloadKeysResponse  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """---------------------------------------------------------------- Server"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class Limits(_message.Message):
+    """The limits this server enforces. A request beyond one is refused with the status named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_K_FIELD_NUMBER: _builtins.int
+    MAX_PIXELS_FIELD_NUMBER: _builtins.int
+    MAX_ASPECT_FIELD_NUMBER: _builtins.int
+    MAX_IDS_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_WORDS_FIELD_NUMBER: _builtins.int
+    MAX_SENTENCE_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_WORD_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_VOCABULARY_FIELD_NUMBER: _builtins.int
+    MAX_EFFORT_FIELD_NUMBER: _builtins.int
+    MAX_DIM_FIELD_NUMBER: _builtins.int
+    max_message_bytes: _builtins.int
+    """Largest request or response message, in bytes (RESOURCE_EXHAUSTED beyond; a response that would exceed
+    it is refused before it is built).
+    """
+    max_k: _builtins.int
+    """Largest k of a search or tag request (INVALID_ARGUMENT beyond)."""
+    max_pixels: _builtins.int
+    """Largest image, width x height (INVALID_ARGUMENT beyond, read from the header before decoding)."""
+    max_aspect: _builtins.int
+    """Largest ratio of an image's long side to its short side (INVALID_ARGUMENT beyond)."""
+    max_ids: _builtins.int
+    """Ids in one GetItems or Delete (INVALID_ARGUMENT beyond)."""
+    max_items: _builtins.int
+    """Items in one Upsert (INVALID_ARGUMENT beyond)."""
+    max_batch_bytes: _builtins.int
+    """Bytes of vectors one Upsert may need, items x dim x 4 (INVALID_ARGUMENT beyond)."""
+    max_words: _builtins.int
+    """Words in one text query (INVALID_ARGUMENT beyond)."""
+    max_sentence_chars: _builtins.int
+    """Characters of a sentence query (INVALID_ARGUMENT beyond)."""
+    max_word_chars: _builtins.int
+    """Characters of one word (INVALID_ARGUMENT beyond)."""
+    max_vocabulary: _builtins.int
+    """Words in one Tag vocabulary (INVALID_ARGUMENT beyond)."""
+    max_effort: _builtins.int
+    """Largest SearchRequest.effort."""
+    max_dim: _builtins.int
+    """Largest collection dimension."""
+    def __init__(
+        self,
+        *,
+        max_message_bytes: _builtins.int = ...,
+        max_k: _builtins.int = ...,
+        max_pixels: _builtins.int = ...,
+        max_aspect: _builtins.int = ...,
+        max_ids: _builtins.int = ...,
+        max_items: _builtins.int = ...,
+        max_batch_bytes: _builtins.int = ...,
+        max_words: _builtins.int = ...,
+        max_sentence_chars: _builtins.int = ...,
+        max_word_chars: _builtins.int = ...,
+        max_vocabulary: _builtins.int = ...,
+        max_effort: _builtins.int = ...,
+        max_dim: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_aspect", b"max_aspect", "max_batch_bytes", b"max_batch_bytes", "max_dim", b"max_dim", "max_effort", b"max_effort", "max_ids", b"max_ids", "max_items", b"max_items", "max_k", b"max_k", "max_message_bytes", b"max_message_bytes", "max_pixels", b"max_pixels", "max_sentence_chars", b"max_sentence_chars", "max_vocabulary", b"max_vocabulary", "max_word_chars", b"max_word_chars", "max_words", b"max_words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
+class EmbedderInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name CollectionConfig.embedder takes, e.g. "mobilenet_v2" or "mobilenet_v2@96"."""
+    dim: _builtins.int
+    """Width of the vectors it makes."""
+    input_size: _builtins.int
+    """Side of the square crop it embeds, in pixels."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dim: _builtins.int = ...,
+        input_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "input_size", b"input_size", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedderInfo: _TypeAlias = EmbedderInfo  # noqa: Y015
+
+@_typing.final
+class JointSpaceInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name CollectionConfig.joint and TagRequest.joint take, e.g. "conse:spacy" or "head:fashion"."""
+    dim: _builtins.int
+    """Width of its vectors."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dim: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JointSpaceInfo: _TypeAlias = JointSpaceInfo  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    EMBEDDERS_FIELD_NUMBER: _builtins.int
+    JOINT_SPACES_FIELD_NUMBER: _builtins.int
+    INDEX_KINDS_FIELD_NUMBER: _builtins.int
+    API_KEYS_REQUIRED_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
+    CLIENT_CERTIFICATES_REQUIRED_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The server's version, e.g. "0.2.0"."""
+    api_keys_required: _builtins.bool
+    """Whether calls need an API key (`authorization: Bearer <key>` or `api-key: <key>`)."""
+    tls: _builtins.bool
+    """Whether the server speaks TLS, and requires client certificates (mTLS)."""
+    client_certificates_required: _builtins.bool
+    @_builtins.property
+    def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def embedders(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbedderInfo]:
+        """Image embedders a collection may use."""
+
+    @_builtins.property
+    def joint_spaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___JointSpaceInfo]:
+        """Joint image-word spaces a collection or a Tag call may use."""
+
+    @_builtins.property
+    def index_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___IndexType.ValueType]:
+        """Index types a collection may ask for (CollectionConfig.index)."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        limits: Global___Limits | None = ...,
+        embedders: _abc.Iterable[Global___EmbedderInfo] | None = ...,
+        joint_spaces: _abc.Iterable[Global___JointSpaceInfo] | None = ...,
+        index_kinds: _abc.Iterable[Global___IndexType.ValueType] | None = ...,
+        api_keys_required: _builtins.bool = ...,
+        tls: _builtins.bool = ...,
+        client_certificates_required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys_required", b"api_keys_required", "client_certificates_required", b"client_certificates_required", "embedders", b"embedders", "index_kinds", b"index_kinds", "joint_spaces", b"joint_spaces", "limits", b"limits", "tls", b"tls", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015

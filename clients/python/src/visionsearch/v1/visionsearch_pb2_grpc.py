@@ -111,6 +111,16 @@ class SearchServiceStub:
                 request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchRequest.SerializeToString,
                 response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/visionsearch.v1.SearchService/SearchBatch',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/visionsearch.v1.SearchService/Recommend',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchResponse.FromString,
+                _registered_method=True)
         self.NearestWords = channel.unary_unary(
                 '/visionsearch.v1.SearchService/NearestWords',
                 request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.NearestWordsRequest.SerializeToString,
@@ -128,6 +138,18 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recommend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def NearestWords(self, request, context):
         """Words of the word-vector vocabulary nearest to a word (the query word comes first).
         """
@@ -141,6 +163,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
                     request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchBatchRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchBatchResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.RecommendRequest.FromString,
                     response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.SearchResponse.SerializeToString,
             ),
             'NearestWords': grpc.unary_unary_rpc_method_handler(
@@ -175,6 +207,60 @@ class SearchService:
             target,
             '/visionsearch.v1.SearchService/Search',
             visionsearch_dot_v1_dot_visionsearch__pb2.SearchRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.SearchService/SearchBatch',
+            visionsearch_dot_v1_dot_visionsearch__pb2.SearchBatchRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.SearchService/Recommend',
+            visionsearch_dot_v1_dot_visionsearch__pb2.RecommendRequest.SerializeToString,
             visionsearch_dot_v1_dot_visionsearch__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
@@ -341,6 +427,21 @@ class CollectionServiceStub:
                 request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.CountRequest.SerializeToString,
                 response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/visionsearch.v1.CollectionService/Scroll',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.SetPayload = channel.unary_unary(
+                '/visionsearch.v1.CollectionService/SetPayload',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.SetPayloadRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.SetPayloadResponse.FromString,
+                _registered_method=True)
+        self.DeletePayloadKeys = channel.unary_unary(
+                '/visionsearch.v1.CollectionService/DeletePayloadKeys',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.DeletePayloadKeysRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.DeletePayloadKeysResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionServiceServicer:
@@ -400,6 +501,24 @@ class CollectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scroll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPayload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePayloadKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -447,6 +566,21 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     servicer.Count,
                     request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.CountRequest.FromString,
                     response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.CountResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.ScrollRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.ScrollResponse.SerializeToString,
+            ),
+            'SetPayload': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPayload,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.SetPayloadRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.SetPayloadResponse.SerializeToString,
+            ),
+            'DeletePayloadKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePayloadKeys,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.DeletePayloadKeysRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.DeletePayloadKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -692,6 +826,161 @@ class CollectionService:
             '/visionsearch.v1.CollectionService/Count',
             visionsearch_dot_v1_dot_visionsearch__pb2.CountRequest.SerializeToString,
             visionsearch_dot_v1_dot_visionsearch__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.CollectionService/Scroll',
+            visionsearch_dot_v1_dot_visionsearch__pb2.ScrollRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.CollectionService/SetPayload',
+            visionsearch_dot_v1_dot_visionsearch__pb2.SetPayloadRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.SetPayloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePayloadKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.CollectionService/DeletePayloadKeys',
+            visionsearch_dot_v1_dot_visionsearch__pb2.DeletePayloadKeysRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.DeletePayloadKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ServerServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetServerInfo = channel.unary_unary(
+                '/visionsearch.v1.ServerService/GetServerInfo',
+                request_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
+
+
+class ServerServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetServerInfo(self, request, context):
+        """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+        Needs an API key with any role when the server has a key file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ServerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'visionsearch.v1.ServerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('visionsearch.v1.ServerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ServerService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionsearch.v1.ServerService/GetServerInfo',
+            visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoRequest.SerializeToString,
+            visionsearch_dot_v1_dot_visionsearch__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

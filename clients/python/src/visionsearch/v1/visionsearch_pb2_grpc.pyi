@@ -9,13 +9,25 @@ Four services share these messages:
   TagService        image -> words of a vocabulary, through a joint image-word space
   CollectionService create, fill, read and drop collections of vectors with payloads
 
-Errors are gRPC status codes with a message that says what to fix:
-  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range)
-  NOT_FOUND          unknown collection, item id or word (the message names it)
-  ALREADY_EXISTS     creating a collection that exists
-  RESOURCE_EXHAUSTED a message over the server's size limit
+Errors are gRPC status codes with a message that says what to fix (a message quotes at most about 100
+characters of any input):
+  INVALID_ARGUMENT   malformed input (bad image, wrong vector dimension, NaN, zero vector, k out of range,
+                     a request over a count limit, bytes that are not a valid message of the method's type)
+  NOT_FOUND          unknown collection, item id or word (the message names it); a collection dropped
+                     while the call waited
+  ALREADY_EXISTS     creating a collection that exists (or exists but is damaged)
+  RESOURCE_EXHAUSTED a message over the server's size limit, a response that would be; the server's disk
+                     is full (the write was not applied); the embedding queue is full
   FAILED_PRECONDITION the collection cannot answer this kind of query (no image embedder, no joint space)
+  ABORTED            the collection was reconfigured (UpdateCollection) while the call waited: retry
+  UNAVAILABLE        the disk failed on a write (the write was not applied): retry later
+  DATA_LOSS          the collection was found damaged at start and is not served (CollectionInfo.state)
   UNIMPLEMENTED      a service or option this server does not offer yet
+
+Request limits (INVALID_ARGUMENT beyond them): 10,000 ids per GetItems or Delete, 10,000 items per Upsert
+and at most 256 MiB of their vectors (items x dim x 4 bytes), 256 words per text query, 2,000 characters
+per sentence, 100 characters per word, 50,000 words per Tag vocabulary, images of at most the server's
+pixel limit (40 M by default) and an aspect ratio of at most 100:1.
 """
 
 from collections import abc as _abc
@@ -70,6 +82,8 @@ class SearchServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SearchServiceAsyncStub: ...
     Search: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchRequest, _visionsearch_pb2.SearchResponse]
     """Items of a collection nearest to an image, a vector or a stored item."""
+    SearchBatch: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchBatchRequest, _visionsearch_pb2.SearchBatchResponse]
+    Recommend: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.RecommendRequest, _visionsearch_pb2.SearchResponse]
     NearestWords: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.NearestWordsRequest, _visionsearch_pb2.NearestWordsResponse]
     """Words of the word-vector vocabulary nearest to a word (the query word comes first)."""
 
@@ -78,6 +92,8 @@ class SearchServiceAsyncStub(SearchServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Search: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchRequest, _visionsearch_pb2.SearchResponse]  # type: ignore[assignment]
     """Items of a collection nearest to an image, a vector or a stored item."""
+    SearchBatch: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.SearchBatchRequest, _visionsearch_pb2.SearchBatchResponse]  # type: ignore[assignment]
+    Recommend: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.RecommendRequest, _visionsearch_pb2.SearchResponse]  # type: ignore[assignment]
     NearestWords: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.NearestWordsRequest, _visionsearch_pb2.NearestWordsResponse]  # type: ignore[assignment]
     """Words of the word-vector vocabulary nearest to a word (the query word comes first)."""
 
@@ -89,6 +105,20 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_visionsearch_pb2.SearchResponse, _abc.Awaitable[_visionsearch_pb2.SearchResponse]]:
         """Items of a collection nearest to an image, a vector or a stored item."""
+
+    @_abc_1.abstractmethod
+    def SearchBatch(
+        self,
+        request: _visionsearch_pb2.SearchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.SearchBatchResponse, _abc.Awaitable[_visionsearch_pb2.SearchBatchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Recommend(
+        self,
+        request: _visionsearch_pb2.RecommendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.SearchResponse, _abc.Awaitable[_visionsearch_pb2.SearchResponse]]: ...
 
     @_abc_1.abstractmethod
     def NearestWords(
@@ -139,6 +169,9 @@ class CollectionServiceStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.DeleteRequest, _visionsearch_pb2.DeleteResponse]
     GetItems: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.GetItemsRequest, _visionsearch_pb2.GetItemsResponse]
     Count: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.CountRequest, _visionsearch_pb2.CountResponse]
+    Scroll: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.ScrollRequest, _visionsearch_pb2.ScrollResponse]
+    SetPayload: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.SetPayloadRequest, _visionsearch_pb2.SetPayloadResponse]
+    DeletePayloadKeys: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.DeletePayloadKeysRequest, _visionsearch_pb2.DeletePayloadKeysResponse]
 
 @_typing.type_check_only
 class CollectionServiceAsyncStub(CollectionServiceStub):
@@ -152,6 +185,9 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     Delete: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.DeleteRequest, _visionsearch_pb2.DeleteResponse]  # type: ignore[assignment]
     GetItems: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.GetItemsRequest, _visionsearch_pb2.GetItemsResponse]  # type: ignore[assignment]
     Count: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.CountRequest, _visionsearch_pb2.CountResponse]  # type: ignore[assignment]
+    Scroll: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.ScrollRequest, _visionsearch_pb2.ScrollResponse]  # type: ignore[assignment]
+    SetPayload: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.SetPayloadRequest, _visionsearch_pb2.SetPayloadResponse]  # type: ignore[assignment]
+    DeletePayloadKeys: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.DeletePayloadKeysRequest, _visionsearch_pb2.DeletePayloadKeysResponse]  # type: ignore[assignment]
 
 class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -217,4 +253,56 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_visionsearch_pb2.CountResponse, _abc.Awaitable[_visionsearch_pb2.CountResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def Scroll(
+        self,
+        request: _visionsearch_pb2.ScrollRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.ScrollResponse, _abc.Awaitable[_visionsearch_pb2.ScrollResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPayload(
+        self,
+        request: _visionsearch_pb2.SetPayloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.SetPayloadResponse, _abc.Awaitable[_visionsearch_pb2.SetPayloadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeletePayloadKeys(
+        self,
+        request: _visionsearch_pb2.DeletePayloadKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.DeletePayloadKeysResponse, _abc.Awaitable[_visionsearch_pb2.DeletePayloadKeysResponse]]: ...
+
 def add_CollectionServiceServicer_to_server(servicer: CollectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ServerServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ServerServiceAsyncStub: ...
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_visionsearch_pb2.GetServerInfoRequest, _visionsearch_pb2.GetServerInfoResponse]
+    """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+    Needs an API key with any role when the server has a key file.
+    """
+
+@_typing.type_check_only
+class ServerServiceAsyncStub(ServerServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_visionsearch_pb2.GetServerInfoRequest, _visionsearch_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+    Needs an API key with any role when the server has a key file.
+    """
+
+class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _visionsearch_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_visionsearch_pb2.GetServerInfoResponse, _abc.Awaitable[_visionsearch_pb2.GetServerInfoResponse]]:
+        """What this server offers and the limits it enforces, so that callers need not learn them from errors.
+        Needs an API key with any role when the server has a key file.
+        """
+
+def add_ServerServiceServicer_to_server(servicer: ServerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,8 @@
 
     best = sweep(LoadConfig(duration_s=5), start_rate=200, factor=1.5, p99_bound_ms=3).highest_rate_held
 
+``LoadConfig(engine="native")`` sends the same requests from ``visionsearch-loadgen`` (C++, ``make clients``).
+
 The command line is ``visionsearch-loadtest`` (or ``python -m visionsearch_client.loadtest``).
 """
 
@@ -19,6 +21,7 @@ from visionsearch_client.loadtest.config import (
     UnreachableError,
     parse_mix,
 )
+from visionsearch_client.loadtest.native import NativeEngineError
 from visionsearch_client.loadtest.plot import save_png, save_sweep_png
 from visionsearch_client.loadtest.report import Report, Samples, SweepReport, SweepStep
 from visionsearch_client.loadtest.runner import run, run_async
@@ -29,6 +32,7 @@ __all__ = [
     "ConfigError",
     "LoadConfig",
     "LoadTestError",
+    "NativeEngineError",
     "Report",
     "Samples",
     "SweepReport",

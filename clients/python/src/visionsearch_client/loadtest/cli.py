@@ -8,6 +8,7 @@ visionsearch-loadtest sweep --start 200 --factor 1.5 --p99-bound-ms 3 --step-dur
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -53,7 +54,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="seed for the mix, the inputs and Poisson arrivals")
     g.add_argument(
+        "--engine",
+        choices=("python", "native"),
+        default="python",
+        help="who sends the load: python (grpc.aio in this process) or native (visionsearch-loadgen, the C++ "
+        "generator built by `make clients`) (default %(default)s)",
+    )
+    g.add_argument(
         "--timeout", type=float, default=10.0, help="deadline per request, s (default %(default)s)"
+    )
+    g.add_argument("--api-key", default=None, help="API key (default: $VISIONSEARCH_API_KEY if set)")
+    g.add_argument("--tls", action="store_true", help="speak TLS, verified by the system's roots or --ca")
+    g.add_argument(
+        "--ca", default=None, help="PEM CA file that signed the server's certificate (implies --tls)"
     )
     g.add_argument(
         "--connect-timeout",
@@ -172,6 +185,10 @@ def _config(args: argparse.Namespace, **load: object) -> LoadConfig:
         images=args.images,
         words=args.words,
         seed=args.seed,
+        engine=args.engine,
+        api_key=args.api_key or os.environ.get("VISIONSEARCH_API_KEY") or None,
+        tls=args.tls,
+        root_certificates=args.ca,
         timeout_s=args.timeout,
         connect_timeout_s=args.connect_timeout,
         **load,  # type: ignore[arg-type]

@@ -8,13 +8,17 @@ from pathlib import Path
 from typing import Literal
 
 # The request kinds a mix can name, in a fixed order (their index is what the runner records per request).
-KINDS: tuple[str, ...] = ("search_vector", "search_image", "search_word", "tag", "embed")
-# Kinds that search a collection (and so need it to exist); the others only need the server.
-COLLECTION_KINDS = frozenset({"search_vector", "search_image", "search_word"})
+# upsert and delete write to the collection (one item per call, ids from a pool of WRITE_POOL "loadtest-N"
+# ids): for soaks that exercise the write-ahead log and snapshots under a read load.
+KINDS: tuple[str, ...] = ("search_vector", "search_image", "search_word", "tag", "embed", "upsert", "delete")
+# Kinds that use a collection (and so need it to exist); the others only need the server.
+COLLECTION_KINDS = frozenset({"search_vector", "search_image", "search_word", "upsert", "delete"})
+VECTOR_KINDS = frozenset({"search_vector", "upsert"})
 IMAGE_KINDS = frozenset({"search_image", "tag", "embed"})
 
 Mode = Literal["closed", "open"]
 Arrival = Literal["uniform", "poisson"]
+Engine = Literal["python", "native"]
 
 
 class LoadTestError(Exception):
@@ -41,6 +45,10 @@ class LoadConfig:
 
     The run lasts ``warmup_s`` (requests sent, not recorded) then ``duration_s`` or ``max_requests`` recorded
     requests, whichever ends first. ``mix`` weights the request kinds (see ``KINDS``).
+
+    ``engine="python"`` sends from this process (grpc.aio); ``engine="native"`` hands the prepared requests to
+    ``visionsearch-loadgen``, the C++ generator built by ``make clients`` (see ``loadtest.native``). Both
+    produce the same ``Report``.
     """
 
     address: str = "127.0.0.1:50051"
@@ -65,12 +73,23 @@ class LoadConfig:
     # Words for search_word; None: a built-in list of common nouns.
     words: tuple[str, ...] | None = None
     seed: int = 0
+    engine: Engine = "python"
+    # A server on a network: its API key, and TLS (on with ``tls`` or when a CA file is given).
+    api_key: str | None = None
+    tls: bool = False
+    root_certificates: str | Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("closed", "open"):
             raise ConfigError(f"mode must be 'closed' or 'open', not {self.mode!r}")
         if self.arrival not in ("uniform", "poisson"):
             raise ConfigError(f"arrival must be 'uniform' or 'poisson', not {self.arrival!r}")
+        if self.engine not in ("python", "native"):
+            raise ConfigError(f"engine must be 'python' or 'native', not {self.engine!r}")
+        if self.engine == "native" and (self.api_key or self.tls or self.root_certificates):
+            raise ConfigError(
+                "the native engine speaks plaintext without keys: use --engine python for TLS and keys"
+            )
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, not {self.concurrency}")
         if not self.rate > 0:

@@ -30,7 +30,8 @@ def save_png(report: Report, path: str | Path) -> Path:
         else f"open loop, {report.offered_rate:g} req/s offered"
     )
     fig.suptitle(
-        f"visionsearch load test: {title}; {report.throughput:.0f} req/s achieved, {report.requests} requests"
+        f"visionsearch load test: {title}; {report.throughput:.0f} req/s achieved, "
+        f"{report.requests} requests ({report.engine} engine)"
     )
 
     ok = s.ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from array import array
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,39 @@ class Recorder:
         self._status_index: dict[str, int] = {OK: 0}
 
     def add(self, scheduled: float, latency: float, lag: float, kind: int, status: str) -> None:
-        code = self._status_index.get(status)
-        if code is None:
-            code = self._status_index[status] = len(self.status_names)
-            self.status_names.append(status)
         self.scheduled.append(scheduled)
         self.latency.append(latency)
         self.lag.append(lag)
         self.kind.append(kind)
-        self.status.append(code)
+        self.status.append(self._code(status))
+
+    def extend(
+        self,
+        scheduled: np.ndarray,
+        latency: np.ndarray,
+        lag: np.ndarray,
+        kind: np.ndarray,
+        status_codes: np.ndarray,
+        status_names: Mapping[int, str],
+    ) -> None:
+        """Many samples at once (seconds, as in ``add``); ``status_codes`` are any integers, named by
+        ``status_names`` (e.g. gRPC's numeric codes)."""
+        codes = np.asarray(status_codes)
+        status = np.zeros(len(codes), dtype=np.int8)
+        for code in np.unique(codes):
+            status[codes == code] = self._code(status_names[int(code)])
+        self.scheduled.frombytes(np.asarray(scheduled, dtype=np.float64).tobytes())
+        self.latency.frombytes(np.asarray(latency, dtype=np.float64).tobytes())
+        self.lag.frombytes(np.asarray(lag, dtype=np.float64).tobytes())
+        self.kind.frombytes(np.asarray(kind, dtype=np.int8).tobytes())
+        self.status.frombytes(status.tobytes())
+
+    def _code(self, status: str) -> int:
+        code = self._status_index.get(status)
+        if code is None:
+            code = self._status_index[status] = len(self.status_names)
+            self.status_names.append(status)
+        return code
 
     def __len__(self) -> int:
         return len(self.latency)
@@ -115,6 +140,12 @@ class Report:
     timeline: list[dict[str, float]]  # one entry per second of scheduled time
     config: dict[str, Any]
     histogram: str = ""  # the HDR histogram (microseconds), base64 as hdrh's encode(); decode to merge runs
+    engine: str = "python"  # which generator ran: "python" (grpc.aio) or "native" (visionsearch-loadgen)
+    # What generating the load cost: CPU seconds of the generator's process (all its threads) per second of
+    # wall time from the first send to the last completion ("cores"), and per request sent (warm-up
+    # included). The Python engine counts its whole process, so anything else in it (an in-process server,
+    # say) counts too; the native engine is a process of its own.
+    generator_cpu: dict[str, float] | None = None
     samples: Samples | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -168,6 +199,13 @@ class Report:
                     f"  warning: sends ran up to {lag['p99']:.1f} ms late (p99): the load generator, not "
                     "only the server, may be the bottleneck (or max_in_flight binds)"
                 )
+        if self.generator_cpu is not None:
+            cost = self.generator_cpu
+            who = "native engine (visionsearch-loadgen)" if self.engine == "native" else "python engine"
+            lines.append(
+                f"  generator    {who}: {cost['cores']:.3f} CPU s per wall s, "
+                f"{cost['us_per_request']:.1f} us CPU per request"
+            )
         if len(self.by_kind) > 1:
             for kind, s in self.by_kind.items():
                 lines.append(
@@ -181,8 +219,39 @@ class Report:
 LAG_WARN_MS = 5.0
 
 
+def generator_cost(user_s: float, sys_s: float, wall_s: float, sent: int) -> dict[str, float]:
+    cpu = user_s + sys_s
+    return {
+        "cores": round(cpu / wall_s, 6) if wall_s > 0 else 0.0,
+        "cpu_s": round(cpu, 6),
+        "user_s": round(user_s, 6),
+        "sys_s": round(sys_s, 6),
+        "wall_s": round(wall_s, 6),
+        "sent": sent,
+        "us_per_request": round(cpu / sent * 1e6, 3) if sent else 0.0,
+    }
+
+
+def elapsed_from(recorder: Recorder, config: LoadConfig) -> float:
+    """Seconds from the measured window's start to its last completion; in an open loop at least the span
+    of the schedule (n requests take n/rate s), so a server that keeps up achieves the offered rate."""
+    if not len(recorder):
+        return 0.0
+    scheduled = np.frombuffer(recorder.scheduled, dtype=np.float64)
+    last_done = float((scheduled + np.frombuffer(recorder.latency, dtype=np.float64)).max())
+    if config.mode == "open":
+        return max(last_done, float(scheduled.max()) + 1 / config.rate)
+    return last_done
+
+
 def build_report(
-    config: LoadConfig, recorder: Recorder, elapsed_s: float, *, offered_rate: float | None
+    config: LoadConfig,
+    recorder: Recorder,
+    elapsed_s: float,
+    *,
+    offered_rate: float | None,
+    engine: str = "python",
+    generator_cpu: dict[str, float] | None = None,
 ) -> Report:
     s = recorder.samples()
     ok = s.ok
@@ -226,6 +295,8 @@ def build_report(
         timeline=timeline(s),
         config=config_dict(config),
         histogram=hist.encode().decode() if hist.get_total_count() else "",
+        engine=engine,
+        generator_cpu=generator_cpu,
         samples=s,
     )
 

@@ -13,6 +13,7 @@ offered rate. How late each send was against its schedule is recorded as the gen
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import selectors
 import time
@@ -25,15 +26,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
-from visionsearch_client.client import DEFAULT_MAX_MESSAGE, channel_options
+from visionsearch_client._channel import aio_channel, channel_options, credentials
+from visionsearch_client.client import DEFAULT_MAX_MESSAGE
 from visionsearch_client.loadtest import workload
 from visionsearch_client.loadtest.config import (
     COLLECTION_KINDS,
+    VECTOR_KINDS,
     ConfigError,
     LoadConfig,
     UnreachableError,
 )
-from visionsearch_client.loadtest.report import Recorder, Report, build_report
+from visionsearch_client.loadtest.native import NativeEngine
+from visionsearch_client.loadtest.report import (
+    Recorder,
+    Report,
+    build_report,
+    elapsed_from,
+    generator_cost,
+)
 
 T = TypeVar("T")
 
@@ -77,17 +87,14 @@ async def drive_open(
     window: Window,
     max_in_flight: int,
     recorder: Recorder,
-) -> tuple[float, float]:
+) -> None:
     """Send request i at ``t0 + next(schedule)`` whatever happened to earlier ones; record those scheduled
-    in the window. Returns the perf_counter times of the last recorded completion and of the last recorded
-    request's schedule (both the window start if none was recorded)."""
+    in the window."""
     slots = asyncio.Semaphore(max_in_flight)
     pending: set[asyncio.Task[None]] = set()
-    last_done = last_scheduled = window.start
     recorded = 0
 
     async def one(i: int, scheduled: float, measured: bool) -> None:
-        nonlocal last_done
         sent = time.perf_counter()
         try:
             kind, status = await send(i)
@@ -96,7 +103,6 @@ async def drive_open(
         done = time.perf_counter()
         if measured:
             recorder.add(scheduled - window.start, done - scheduled, max(sent - scheduled, 0.0), kind, status)
-            last_done = max(last_done, done)
 
     for i, offset in enumerate(schedule):
         scheduled = t0 + offset
@@ -107,7 +113,6 @@ async def drive_open(
             if window.max_requests is not None and recorded >= window.max_requests:
                 break
             recorded += 1
-            last_scheduled = scheduled
         delay = scheduled - time.perf_counter()
         # Always yield to the loop (sleep(0) when late) so responses are read while the generator catches up.
         await asyncio.sleep(delay if delay > 0 else 0)
@@ -117,20 +122,18 @@ async def drive_open(
         task.add_done_callback(pending.discard)
     if pending:
         await asyncio.gather(*pending)
-    return last_done, last_scheduled
 
 
 async def drive_closed(
     send: Send, concurrency: int, warmup_end: float, window: Window, recorder: Recorder
-) -> float:
+) -> None:
     """``concurrency`` callers calling back to back until the window ends (or max_requests are recorded);
-    requests started before ``warmup_end`` are not recorded. Returns the last recorded completion time."""
+    requests started before ``warmup_end`` are not recorded."""
     counter = iter(range(1 << 62))
     recorded = 0
-    last_done = window.start
 
     async def caller() -> None:
-        nonlocal recorded, last_done
+        nonlocal recorded
         while True:
             start = time.perf_counter()
             if start >= window.end:
@@ -144,10 +147,8 @@ async def drive_closed(
             done = time.perf_counter()
             if measured:
                 recorder.add(start - window.start, done - start, 0.0, kind, status)
-                last_done = max(last_done, done)
 
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return last_done
 
 
 def raw_sender(channel: grpc.aio.Channel, planned: list[workload.Planned], timeout_s: float) -> Send:
@@ -169,44 +170,73 @@ def raw_sender(channel: grpc.aio.Channel, planned: list[workload.Planned], timeo
 
 
 class Target:
-    """A connected, checked server and the requests to send it (shared by the steps of a sweep)."""
+    """A connected, checked server and the requests to send it (shared by the steps of a sweep). With
+    ``engine="native"`` the requests are handed to ``visionsearch-loadgen`` instead of sent from here."""
 
-    def __init__(self, channel: grpc.aio.Channel, send: Send, info: pb.CollectionInfo | None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        send: Send,
+        info: pb.CollectionInfo | None,
+        native: NativeEngine | None = None,
+    ) -> None:
         self.channel = channel
         self.send = send
         self.info = info
+        self.native = native
 
     @classmethod
     async def open(cls, config: LoadConfig) -> Target:
-        channel = grpc.aio.insecure_channel(config.address, options=channel_options(DEFAULT_MAX_MESSAGE))
+        # A missing native binary is reported before anything connects.
+        native = NativeEngine.find() if config.engine == "native" else None
+        creds = credentials(config.tls, config.root_certificates, None, None)
+        channel = aio_channel(config.address, channel_options(DEFAULT_MAX_MESSAGE), creds, config.api_key)
         try:
             info = await _preflight(channel, config)
             planned = await _prepare(channel, config, info)
+            if native is not None:
+                native.load(planned)
         except BaseException:
             await channel.close()
+            if native is not None:
+                native.close()
             raise
-        return cls(channel, raw_sender(channel, planned, config.timeout_s), info)
+        return cls(channel, raw_sender(channel, planned, config.timeout_s), info, native)
 
     async def close(self) -> None:
         await self.channel.close()
+        if self.native is not None:
+            self.native.close()
 
     async def run(self, config: LoadConfig) -> Report:
+        if self.native is not None:
+            return await self.native.run(config)
         recorder = Recorder()
+        sent = 0
+
+        def counted(i: int) -> Awaitable[tuple[int, str]]:
+            nonlocal sent
+            sent += 1
+            return self.send(i)
+
         t0 = time.perf_counter() + 0.005
         window = Window(t0 + config.warmup_s, config.duration_s, config.max_requests)
+        cpu0 = os.times()
         if config.mode == "closed":
-            last = await drive_closed(self.send, config.concurrency, window.start, window, recorder)
-            offered = None
+            await drive_closed(counted, config.concurrency, window.start, window, recorder)
         else:
             schedule = arrivals(config.rate, config.arrival, config.seed)
-            last_done, last_scheduled = await drive_open(
-                self.send, schedule, t0, config.warmup_s, window, config.max_in_flight, recorder
-            )
-            # The offered load spans the schedule (n requests take n/rate s), so a server that keeps up
-            # achieves the offered rate; completions after that stretch the span.
-            last = max(last_done, last_scheduled + 1 / config.rate) if len(recorder) else last_done
-            offered = config.rate
-        return build_report(config, recorder, last - window.start, offered_rate=offered)
+            await drive_open(counted, schedule, t0, config.warmup_s, window, config.max_in_flight, recorder)
+        cpu1, wall = os.times(), time.perf_counter() - t0
+        cost = generator_cost(cpu1.user - cpu0.user, cpu1.system - cpu0.system, wall, sent)
+        return build_report(
+            config,
+            recorder,
+            elapsed_from(recorder, config),
+            offered_rate=config.rate if config.mode == "open" else None,
+            engine="python",
+            generator_cpu=cost,
+        )
 
 
 async def _preflight(channel: grpc.aio.Channel, config: LoadConfig) -> pb.CollectionInfo | None:
@@ -255,7 +285,7 @@ async def _prepare(
         if "search_image" in kinds and not info.config.embedder:
             raise ConfigError(f"collection {name!r} takes vectors only (no embedder): search_image needs one")
     vectors = None
-    if "search_vector" in kinds:
+    if VECTOR_KINDS & set(kinds):
         assert info is not None
         dim = info.config.dim
         if config.vectors is not None:

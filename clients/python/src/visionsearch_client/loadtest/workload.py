@@ -55,7 +55,11 @@ METHODS = {
     "search_word": "/visionsearch.v1.SearchService/Search",
     "tag": "/visionsearch.v1.TagService/Tag",
     "embed": "/visionsearch.v1.EmbedService/Embed",
+    "upsert": "/visionsearch.v1.CollectionService/Upsert",
+    "delete": "/visionsearch.v1.CollectionService/Delete",
 }
+# Ids the write kinds cycle through: upserts replace them, deletes remove them, later upserts bring them back.
+WRITE_POOL = 1024
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,27 @@ def encode_requests(
     c, k = config.collection, config.k
     out: dict[str, list[bytes]] = {}
     for kind in config.kinds:
-        msgs: list[pb.SearchRequest] | list[pb.TagRequest] | list[pb.EmbedRequest]
-        if kind == "search_vector":
+        msgs: (
+            list[pb.SearchRequest]
+            | list[pb.TagRequest]
+            | list[pb.EmbedRequest]
+            | list[pb.UpsertRequest]
+            | list[pb.DeleteRequest]
+        )
+        if kind == "upsert":
+            assert vectors is not None
+            vecs = [pb.Vector(f32=vectors[n % len(vectors)].tobytes()) for n in range(WRITE_POOL)]
+            msgs = [
+                pb.UpsertRequest(collection=c, items=[pb.Item(id=f"loadtest-{n}", vector=v)])
+                for n, v in enumerate(vecs)
+            ]
+        elif kind == "delete":
+            # Offset by half the pool, so a delete mostly finds an id that an upsert has (re)written.
+            msgs = [
+                pb.DeleteRequest(collection=c, ids=[f"loadtest-{(n + WRITE_POOL // 2) % WRITE_POOL}"])
+                for n in range(WRITE_POOL)
+            ]
+        elif kind == "search_vector":
             assert vectors is not None
             msgs = [
                 pb.SearchRequest(
