@@ -48,11 +48,9 @@ class TagServicer(pb_grpc.TagServiceServicer):
         if vocabulary and mode == pb.TAG_MODE_NEAREST_WORDS:
             named = self._encode(vocabulary, joint.text)
         elif vocabulary:
-            # Any word either the hierarchy or the text encoder knows; the rest are typos or gibberish.
+            # Any word either the hierarchy or the text encoder reads; the rest are typos or gibberish.
             tagger = self.s.joints.tagger()
-            unknown = [w for w in vocabulary if not tagger.knows(w) and not joint.text.known(w)]
-            if unknown:
-                self._unknown(unknown, joint.text)
+            self._encode([w for w in vocabulary if not tagger.knows(w)], joint.text)
         b = call_budget(context, "embedding the image")
         images = self.s.image_embedder(joint.backbone)
         size = joint.input_size or images.default_size
@@ -103,6 +101,8 @@ class TagServicer(pb_grpc.TagServiceServicer):
         return words
 
     def _encode(self, words: list[str], text: TextSpace) -> tuple[list[str], np.ndarray]:
+        if not words:
+            return words, np.empty((0, text.dim), np.float32)
         unknown = [w for w in words if not text.known(w)]
         if unknown:
             self._unknown(unknown, text)
