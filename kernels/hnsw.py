@@ -23,6 +23,12 @@ class HNSWParams:
     connectivity: int = 16  # M: graph edges per node
     expansion_add: int = 128  # ef_construction
     expansion_search: int = 64  # ef: candidate list length at query time
+    # How the graph stores its copy of the vectors: f32, f16 (half the memory) or i8 (a quarter; unit
+    # vectors' components are scaled into [-127, 127]). Searches still return the stored float32 scores.
+    dtype: str = "f32"
+
+
+DTYPES = ("f32", "f16", "i8")
 
 
 HNSW_DEFAULTS = HNSWParams()
@@ -39,8 +45,10 @@ class HNSWIndex:
         self.threads = threads
         self._index = Index(
             ndim=dim,
-            metric="ip",
-            dtype="f32",
+            # usearch's i8 inner product is the raw integer product; its i8 cosine is calibrated. For the unit
+            # vectors of cosine collections the two rank alike, and inner-product collections refuse i8.
+            metric="cos" if params.dtype == "i8" else "ip",
+            dtype=params.dtype,
             connectivity=params.connectivity,
             expansion_add=params.expansion_add,
             expansion_search=params.expansion_search,

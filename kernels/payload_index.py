@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +63,16 @@ class Exists:
 
 @dataclass(frozen=True)
 class HasRows:
-    """Rows given directly (ids already resolved to rows by the collection)."""
+    """Rows given directly."""
 
     rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HasIds:
+    """Items by id: ``evaluate`` resolves them to rows with the caller's ``id_rows``."""
+
+    ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,8 @@ class Clause:
     must_not: tuple[Node, ...] = ()
 
 
-Node = Match | Range | Exists | HasRows | Clause
+Node = Match | Range | Exists | HasRows | HasIds | Clause
+IdRows = Callable[[list[str]], tuple[int, ...]]
 
 
 # ------------------------------------------------------------------ numeric fields
@@ -189,15 +197,15 @@ class PayloadIndex:
 
     # ---------------------------------------------------------------- reads
 
-    def evaluate(self, node: Node) -> BitMap:
+    def evaluate(self, node: Node, id_rows: IdRows | None = None) -> BitMap:
         """The live rows that pass ``node`` (a new bitmap, the caller's to keep)."""
         with self.lock:
-            return self._eval(node) & self.live
+            return self._eval(node, id_rows) & self.live
 
     def count(self) -> int:
         return len(self.live)
 
-    def _eval(self, node: Node) -> BitMap:
+    def _eval(self, node: Node, id_rows: IdRows | None = None) -> BitMap:
         if isinstance(node, Match):
             terms = self._terms[node.key]
             return BitMap.union(BitMap(), *(terms.get(v, BitMap()) for v in node.values))
@@ -207,13 +215,17 @@ class PayloadIndex:
             return self._exists[node.key].copy()
         if isinstance(node, HasRows):
             return BitMap(node.rows)
+        if isinstance(node, HasIds):
+            if id_rows is None:
+                raise ValueError("a filter on ids needs id_rows")
+            return BitMap(id_rows(list(node.ids)))
         out = self.live.copy()
         for n in node.must:
-            out &= self._eval(n)
+            out &= self._eval(n, id_rows)
         if node.should:
-            out &= BitMap.union(BitMap(), *(self._eval(n) for n in node.should))
+            out &= BitMap.union(BitMap(), *(self._eval(n, id_rows) for n in node.should))
         for n in node.must_not:
-            out -= self._eval(n)
+            out -= self._eval(n, id_rows)
         return out
 
 

@@ -43,6 +43,11 @@ class Config:
     )
     metrics_address: str = _setting("", "host:port to serve Prometheus /metrics on; empty: no metrics")
     otlp_endpoint: str = _setting("", "OpenTelemetry collector (OTLP/gRPC) to export traces to; empty: none")
+    milvus_uri: str = _setting(
+        "",
+        "Milvus for collections with backend 'milvus': http(s)://host:19530, or a .db file (Milvus Lite)",
+    )
+    milvus_token: str = _setting("", "Milvus credentials: user:password or an API token")
     trace: bool = _setting(False, "open OpenTelemetry spans for every call (implied by --otlp-endpoint)")
     data_dir: Path = _setting(Path("data"), "where collections are persisted")  # noqa: RUF009 - immutable
     server_mode: str = _setting(

@@ -90,14 +90,11 @@ def ensure_default_collection(services: Services) -> Collection:
         log.info("the default collection was built with other models or settings: rebuilding it")
         store.drop(NAME)
         exists = False
-    if exists:
-        collection = store.get(NAME)
-    else:
-        collection = store.create(
-            CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name, JOINT)
-        )
+    if not exists:
+        store.create(CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name, JOINT))
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(recipe))
+    collection = store.get_local(NAME)
     wanted = [
         *_stamp_items(services.config.max_pixels, size),
         *_fashion_items(services.config.fashion_sample, size),

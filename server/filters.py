@@ -3,12 +3,12 @@ checked against the fields a collection indexes, with a status that names the fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from visionsearch.v1 import visionsearch_pb2 as pb
 
-from kernels.payload_index import Clause, Exists, HasRows, Match, Node, Range
+from kernels.payload_index import Clause, Exists, HasIds, Match, Node, Range
 from server.errors import Error, fail, quote
 from server.limits import MAX_IDS
 from server.storage.collection import fits
@@ -95,29 +95,20 @@ def check_types(payload: Payload, indexes: Mapping[str, str], where: str) -> Non
 # ------------------------------------------------------------------ filters
 
 
-def compile_filter(
-    f: pb.Filter, indexes: Mapping[str, str], id_rows: Callable[[list[str]], tuple[int, ...]]
-) -> Node:
-    """A filter tree for ``kernels.payload_index``; ``id_rows`` maps ids to the rows that hold them."""
-    return _clause(f, indexes, id_rows, depth=1, where="filter")
+def compile_filter(f: pb.Filter, indexes: Mapping[str, str]) -> Node:
+    """A filter tree (``kernels.payload_index`` nodes) checked against the collection's indexed fields; each
+    storage backend evaluates it (roaring bitmaps locally, an expression in Milvus)."""
+    return _clause(f, indexes, depth=1, where="filter")
 
 
-def _clause(
-    f: pb.Filter,
-    indexes: Mapping[str, str],
-    id_rows: Callable[[list[str]], tuple[int, ...]],
-    depth: int,
-    where: str,
-) -> Clause:
+def _clause(f: pb.Filter, indexes: Mapping[str, str], depth: int, where: str) -> Clause:
     if depth > MAX_DEPTH:
         fail(Error.BAD_REQUEST, f"{where} is nested more than {MAX_DEPTH} levels deep: flatten it")
     if not (f.must or f.should or f.must_not):
         fail(Error.BAD_REQUEST, f"{where} has no conditions: give must, should or must_not (or no filter)")
 
     def each(conditions: Any, part: str) -> tuple[Node, ...]:
-        return tuple(
-            _condition(c, indexes, id_rows, depth, f"{where}.{part}[{n}]") for n, c in enumerate(conditions)
-        )
+        return tuple(_condition(c, indexes, depth, f"{where}.{part}[{n}]") for n, c in enumerate(conditions))
 
     return Clause(each(f.must, "must"), each(f.should, "should"), each(f.must_not, "must_not"))
 
@@ -139,13 +130,7 @@ def _field(key: str, indexes: Mapping[str, str], where: str, allowed: tuple[str,
     return key
 
 
-def _condition(
-    c: pb.Condition,
-    indexes: Mapping[str, str],
-    id_rows: Callable[[list[str]], tuple[int, ...]],
-    depth: int,
-    where: str,
-) -> Node:
+def _condition(c: pb.Condition, indexes: Mapping[str, str], depth: int, where: str) -> Node:
     kind = c.WhichOneof("condition")
     if kind == "match":
         m = c.match
@@ -184,9 +169,9 @@ def _condition(
         ids = list(c.has_id.ids)
         if len(ids) > MAX_IDS:
             fail(Error.BAD_REQUEST, f"{where}: has_id lists {len(ids):,} ids, over the limit of {MAX_IDS:,}")
-        return HasRows(id_rows(ids))
+        return HasIds(tuple(ids))
     if kind == "filter":
-        return _clause(c.filter, indexes, id_rows, depth + 1, f"{where}.filter")
+        return _clause(c.filter, indexes, depth + 1, f"{where}.filter")
     fail(Error.BAD_REQUEST, f"{where} is empty: set match, range, exists, has_id or filter")
 
 

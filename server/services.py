@@ -24,6 +24,7 @@ from server.errors import Error, fail
 from server.health import CollectionHealth
 from server.hybrid import LexicalIndexes
 from server.storage import CollectionStore
+from server.storage.milvus import MilvusBackend
 
 log = logging.getLogger("visionsearch.services")
 
@@ -97,6 +98,8 @@ class Services:
             c = self.store.get(request.collection)
         except Exception:
             return True  # refused at once, whichever thread answers
+        if not c.inline_ok():
+            return False
         joint = request.WhichOneof("query") == "text" or request.space == 2  # SPACE_JOINT
         if not joint and not request.exact and c.approximate():
             return True
@@ -136,8 +139,10 @@ def _image_embedder(config: Config, backbone: str) -> ImageEmbedder:
 
 
 def open_store(config: Config, images: ImageEmbedder, joints: JointRegistry) -> CollectionStore:
+    milvus = MilvusBackend(config.milvus_uri, config.milvus_token) if config.milvus_uri else None
     return CollectionStore(
         config.data_dir,
+        milvus=milvus,
         known_embedders=embedder_names(),
         known_joints=joints.dims,
         fsync=config.fsync,

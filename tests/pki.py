@@ -110,3 +110,37 @@ def self_signed(folder: Path, stem: str) -> Pair:
     ca = Authority(folder, f"{stem}-self")
     key = ca.key
     return _write(folder, stem, ca.cert, key)
+
+
+def client_certificates(folder: Path) -> dict[str, Pair]:
+    """What the clients' TLS tests use, as NAME.pem and NAME-key.pem in ``folder``: a CA (ca), a server
+    certificate for localhost and 127.0.0.1 (server) and a client certificate (client) that it signed, and
+    server certificates a client must refuse (expired, wrong-host, self-signed)."""
+    ca = Authority(folder, "ca")
+    return {
+        "ca": ca.pair,
+        "server": ca.issue("server"),
+        "client": ca.issue("client", hosts=(), client=True),
+        "expired": ca.issue("expired", expired=True),
+        "wrong-host": ca.issue("wrong-host", hosts=("other.example",)),
+        "self-signed": self_signed(folder, "self-signed"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.pki FOLDER``: writes ``client_certificates`` into FOLDER, for trying TLS by hand and
+    for the TypeScript client's own test run (clients/typescript/test/server.ts)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tests.pki FOLDER", file=sys.stderr)
+        return 2
+    folder = Path(args[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    client_certificates(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,21 +6,30 @@ clients generate their stubs from protos/ when built (never committed), and the 
 (incrementally), so they always exercise the current proto.
 
 The clients run as subprocesses against the session's in-process server on port 0 (the one with the
-``default`` collection), reached through ``VISIONSEARCH_ADDRESS``.
+``default`` collection), reached through ``VISIONSEARCH_ADDRESS``, and against two in-process servers with
+TLS and API keys (one also requiring client certificates), with certificates made for the module by
+tests/pki.py and keys by ``add_key``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from visionsearch_client import Client, Item
 
-from server.app import Running
+from server.app import Running, create_server
+from server.auth import add_key
+from server.config import Config
+from server.services import Services
 from tests.conftest import LION, ROOT
+from tests.pki import Pair, client_certificates
 
 TS = ROOT / "clients" / "typescript"
 CPP_BUILD = ROOT / "clients" / "cpp" / "build"
@@ -91,9 +100,17 @@ def cli() -> Path:
 # ---------------------------------------------------------------- TypeScript
 
 
+# test/security.test.js needs the servers with TLS and keys: test_typescript_over_tls_with_keys runs it.
+TS_SECURE_SUITE = "security.test.js"
+
+
 def test_typescript_client_calls_every_rpc(typescript_built: Path, client_env: dict[str, str]) -> None:
     """node --test: every RPC of the four services, and two refusals checked by their status codes."""
-    tests = sorted(str(p.relative_to(TS)) for p in (typescript_built / "test").glob("*.test.js"))
+    tests = sorted(
+        str(p.relative_to(TS))
+        for p in (typescript_built / "test").glob("*.test.js")
+        if p.name != TS_SECURE_SUITE
+    )
     assert tests, f"no compiled TypeScript tests in {typescript_built / 'test'}"
     r = run(["node", "--test", *tests], cwd=TS, env=client_env, timeout=600)
     assert r.returncode == 0, explain(r)
@@ -157,6 +174,214 @@ def test_cpp_reports_the_status_of_refused_calls(cli: Path, address: str, tmp_pa
 
     r = run([str(cli), "--address", address, "frobnicate"], cwd=ROOT, timeout=60)
     assert r.returncode == 2 and "usage:" in r.stderr, explain(r)
+
+
+# ---------------------------------------------------------------- TLS and API keys
+
+PETS = "pets"
+PHOTOS = {
+    "lion": LION,
+    "apple": Path("/usr/share/tuxpaint/stamps/food/fruit/apple_red.png"),
+    "wrench": Path("/usr/share/tuxpaint/stamps/household/tools/wrench_adjustable.png"),
+}
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without VISIONSEARCH_* variables: what a test passes is what is tested."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VISIONSEARCH_")}
+
+
+@dataclass(frozen=True)
+class Secure:
+    """Two servers with TLS and API keys; ``mtls`` also requires a client certificate from ``ca``."""
+
+    tls: str
+    mtls: str
+    ca: Pair
+    client: Pair
+    keys: dict[str, str]  # role -> key; each key is named after its role
+    description: Path  # the JSON file test/security.test.ts reads (VISIONSEARCH_SECURE_SERVERS)
+    config: Config
+
+
+@pytest.fixture(scope="module")
+def secure(
+    base_config: Config, services: Services, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Secure]:
+    folder = tmp_path_factory.mktemp("secure-clients")
+    pki = client_certificates(folder)
+    ca, server, client = pki["ca"], pki["server"], pki["client"]
+    key_file = folder / "keys.json"
+    keys = {role: add_key(key_file, role, role) for role in ("read", "admin")}
+    started: list[Running] = []
+
+    def start(name: str, client_ca: str = "") -> str:
+        config = replace(
+            base_config,
+            data_dir=folder / name,
+            default_collection=False,
+            tls_cert=str(server.cert),
+            tls_key=str(server.key),
+            tls_client_ca=client_ca,
+            api_keys=str(key_file),
+        )
+        started.append(create_server(config, services.with_store(config)))
+        return f"127.0.0.1:{started[-1].port}"
+
+    try:
+        tls_address = start("tls")
+        mtls_address = start("mtls", client_ca=str(ca.cert))
+        with Client(tls_address, api_key=keys["admin"], root_certificates=ca.cert, timeout=60) as admin:
+            admin.create_collection(PETS, embedder="mobilenet_v2", joint="conse:spacy")
+            items = [
+                Item(name, image=path.read_bytes(), payload={"label": name}) for name, path in PHOTOS.items()
+            ]
+            admin.upsert(PETS, items)
+        # What clients/typescript/test/server.ts reads: the certificates by their names in `pki`.
+        description = folder / "servers.json"
+        description.write_text(
+            json.dumps({"tls": tls_address, "mtls": mtls_address, "pki": str(folder), "keys": keys})
+        )
+        yield Secure(tls_address, mtls_address, ca, client, keys, description, started[0].services.config)
+    finally:
+        for running in started:
+            running.stop(grace=0)
+
+
+def test_typescript_over_tls_with_keys(typescript_built: Path, secure: Secure) -> None:
+    """node --test test/security.test.ts: a search with a key over TLS; no key -> UNAUTHENTICATED and a read
+    key on admin RPCs -> PERMISSION_DENIED, each with the server's message; mTLS with and without a client
+    certificate; plaintext and unverifiable certificates -> UNAVAILABLE; GetServerInfo's limits."""
+    env = {**clean_env(), "VISIONSEARCH_SECURE_SERVERS": str(secure.description)}
+    r = run(["node", "--test", f"dist/test/{TS_SECURE_SUITE}"], cwd=TS, env=env, timeout=300)
+    assert r.returncode == 0, explain(r)
+    assert "# fail 0" in r.stdout and "# pass 0" not in r.stdout, explain(r)
+
+
+def test_typescript_example_over_tls_with_a_key(typescript_built: Path, secure: Secure) -> None:
+    """The example takes the CA and the key from VISIONSEARCH_CA and VISIONSEARCH_API_KEY."""
+    example = typescript_built / "examples" / "search_and_tag.js"
+    env = {**clean_env(), "VISIONSEARCH_ADDRESS": secure.tls, "VISIONSEARCH_CA": str(secure.ca.cert)}
+    keyed = {**env, "VISIONSEARCH_API_KEY": secure.keys["read"]}
+    r = run(["node", str(example), str(LION), PETS], cwd=TS, env=keyed, timeout=120)
+    assert r.returncode == 0, explain(r)
+    similar = [line.split("\t") for line in r.stdout.splitlines() if line.startswith("similar: ")]
+    assert similar[0][0] == "similar: lion" and float(similar[0][1]) > 0.99, explain(r)
+    r = run(["node", str(example), str(LION), PETS], cwd=TS, env=env, timeout=120)
+    assert r.returncode == 1, explain(r)
+    assert "refused: Unauthenticated (16): this server needs an API key" in r.stderr, explain(r)
+
+
+def cpp(cli: Path, secure: Secure, *args: str, key: str | None = "read", ca: bool = True) -> Result:
+    """visionsearch-cli against the TLS server (--address in ``args`` overrides), with the CA and a key."""
+    flags = ["--address", secure.tls]
+    if ca:
+        flags += ["--ca", str(secure.ca.cert)]
+    if key is not None:
+        flags += ["--api-key", secure.keys[key]]
+    return run([str(cli), *flags, *args], cwd=ROOT, env=clean_env(), timeout=60)
+
+
+def test_cpp_searches_over_tls_with_a_key(cli: Path, secure: Secure) -> None:
+    r = cpp(cli, secure, "search", PETS, "cat", "-k", "3")
+    assert r.returncode == 0, explain(r)
+    assert [line.split("\t")[0] for line in r.stdout.splitlines()][:1] == ["lion"], explain(r)
+    assert len(r.stdout.splitlines()) == 3, explain(r)
+
+    # The same from the environment: VISIONSEARCH_ADDRESS, VISIONSEARCH_CA and VISIONSEARCH_API_KEY.
+    env = {
+        **clean_env(),
+        "VISIONSEARCH_ADDRESS": secure.tls,
+        "VISIONSEARCH_CA": str(secure.ca.cert),
+        "VISIONSEARCH_API_KEY": secure.keys["read"],
+    }
+    r = run([str(cli), "tag", str(LION), "-k", "1", "--vocabulary", "car,cat,spoon"], cwd=ROOT, env=env,
+            timeout=60)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("cat\t"), explain(r)
+
+
+def test_cpp_without_a_key_is_unauthenticated(cli: Path, secure: Secure) -> None:
+    r = cpp(cli, secure, "search", PETS, "cat", key=None)
+    assert r.returncode == 1 and r.stdout == "", explain(r)
+    assert r.stderr.startswith(
+        "error: UNAUTHENTICATED (16): this server needs an API key: send `authorization: Bearer <key>`"
+    ), explain(r)
+    r = cpp(cli, secure, "--api-key", "vs_not-a-key", "collections", key=None)
+    assert r.returncode == 1 and r.stderr == "error: UNAUTHENTICATED (16): unknown API key\n", explain(r)
+
+
+def test_cpp_read_key_on_an_admin_rpc_is_permission_denied(cli: Path, secure: Secure) -> None:
+    r = cpp(cli, secure, "drop", PETS)
+    assert r.returncode == 1 and r.stdout == "", explain(r)
+    assert (
+        r.stderr
+        == "error: PERMISSION_DENIED (7): key 'read' has role read; DropCollection needs role admin\n"
+    ), explain(r)
+    r = cpp(cli, secure, "collections")  # still there, whole
+    assert r.returncode == 0, explain(r)
+    assert [line.split("\t")[:3] for line in r.stdout.splitlines()] == [[PETS, "3", "1280"]], explain(r)
+
+    with Client(secure.tls, api_key=secure.keys["admin"], root_certificates=secure.ca.cert) as admin:
+        admin.create_collection("scratch", dim=2)
+    r = cpp(cli, secure, "drop", "scratch", key="admin")
+    assert r.returncode == 0 and r.stdout == "dropped scratch\n", explain(r)
+    r = cpp(cli, secure, "collections")
+    assert [line.split("\t")[0] for line in r.stdout.splitlines()] == [PETS], explain(r)
+
+
+def test_cpp_info_reports_the_limits_in_force(cli: Path, secure: Secure) -> None:
+    r = cpp(cli, secure, "info")
+    assert r.returncode == 0, explain(r)
+    info = json.loads(r.stdout)
+    assert info["tls"] is True and info["api_keys_required"] is True, explain(r)
+    assert info["client_certificates_required"] is False, explain(r)
+    limits = info["limits"]
+    assert limits["max_k"] == secure.config.max_k, explain(r)
+    assert int(limits["max_message_bytes"]) == secure.config.max_message_bytes, explain(r)  # int64: a string
+    assert int(limits["max_pixels"]) == secure.config.max_pixels, explain(r)
+    assert {"name": "mobilenet_v2", "dim": 1280, "input_size": 224} in info["embedders"], explain(r)
+
+
+def test_cpp_mtls_needs_a_client_certificate(cli: Path, secure: Secure) -> None:
+    mine = ["--cert", str(secure.client.cert), "--key", str(secure.client.key)]
+    r = cpp(cli, secure, "--address", secure.mtls, *mine, "info")
+    assert r.returncode == 0, explain(r)
+    assert json.loads(r.stdout)["client_certificates_required"] is True, explain(r)
+
+    r = cpp(cli, secure, "--address", secure.mtls, "info")
+    assert r.returncode == 1 and r.stdout == "", explain(r)
+    assert "error: UNAVAILABLE (14): " in r.stderr, explain(r)
+    assert "pass --cert and --key signed by its CA" in r.stderr, explain(r)
+
+
+def test_cpp_connection_failures_are_unavailable_with_a_hint(cli: Path, secure: Secure) -> None:
+    r = cpp(cli, secure, "collections", ca=False)  # plaintext against the TLS port
+    assert r.returncode == 1, explain(r)
+    assert (
+        "error: UNAVAILABLE (14): " in r.stderr and "hint: if the server speaks TLS, pass --ca" in r.stderr
+    ), explain(r)
+    r = cpp(cli, secure, "--tls", "collections", ca=False)  # gRPC's default roots do not hold the test CA
+    assert r.returncode == 1, explain(r)
+    assert "error: UNAVAILABLE (14): " in r.stderr and "handshake failed" in r.stderr.lower(), explain(r)
+
+
+def test_cpp_refuses_unusable_tls_settings(cli: Path, secure: Secure, tmp_path: Path) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("these bytes are no certificate")
+    cases = {
+        (
+            "--cert",
+            str(secure.client.cert),
+            "info",
+        ): "--cert and --key (a client certificate for mTLS) go together",
+        ("--ca", str(tmp_path / "missing.pem"), "info"): f"cannot read {tmp_path / 'missing.pem'}",
+        ("--ca", str(not_pem), "info"): f"{not_pem} is not a PEM file",
+        ("--api-key", "", "info"): "the API key is empty",
+        ("--api-key", "vs_a b", "info"): "characters a header cannot carry",
+    }
+    for args, message in cases.items():
+        r = cpp(cli, secure, *args, key=None)
+        assert r.returncode == 2 and message in r.stderr and "usage:" in r.stderr, explain(r)
 
 
 # ---------------------------------------------------------------- buf

@@ -150,3 +150,33 @@ def test_small_collections_save_no_index(tmp_path: Path, n: int) -> None:
         c.upsert([f"v{i}" for i in range(n)], c.prepare_vectors(_clustered(n, DIM, seed=1)), [{}] * n)
     c.close()
     assert not list((tmp_path / "c").glob("ann-*"))
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_quantized_graphs_keep_recall_and_are_restored(tmp_path: Path, dtype: str) -> None:
+    c, base = _hnsw_collection(tmp_path, vector_dtype=dtype)  # type: ignore[arg-type]
+    assert c._view.ann._choice.hnsw is not None and c._view.ann._choice.hnsw.params.dtype == dtype
+    queries = c.prepare_vectors(_clustered(60, DIM, seed=13))
+    alive = np.ones(len(base), bool)
+    assert _recall(c, base, alive, queries) >= 0.9  # the collection's target, met on a quantized graph
+    hits = c.search(queries[:1], 5)[0]
+    np.testing.assert_allclose(
+        [h.score for h in hits], base[[int(h.id[1:]) for h in hits]] @ queries[0], atol=0.02
+    )
+    c.close()
+    again = _open(tmp_path / "c")
+    assert "restored at open" in again.index_in_use()
+    assert again._view.ann._choice.hnsw is not None and again._view.ann._choice.hnsw.params.dtype == dtype
+
+
+def test_vector_dtypes_the_index_does_not_take_are_refused(client: Client, fresh_name: str) -> None:
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    refused(lambda: client.create_collection(fresh_name, dim=4, vector_dtype="f64"), invalid, "f32, f16, i8")
+    refused(
+        lambda: client.create_collection(fresh_name, dim=4, index="exact", vector_dtype="i8"),
+        invalid,
+        "applies to the HNSW graph",
+    )
+    info = client.create_collection(fresh_name, dim=4, index="hnsw", vector_dtype="f16")
+    assert info.vector_dtype == "f16"
+    client.drop_collection(fresh_name)

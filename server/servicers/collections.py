@@ -21,9 +21,9 @@ from server.filters import (
 )
 from server.handlers import current_key
 from server.limits import MAX_IDS, MAX_ITEMS, MAX_SCROLL, check_batch_memory, check_count, check_response_size
-from server.servicers.common import call_budget, passing
+from server.servicers.common import call_budget, request_filter
 from server.services import Services
-from server.storage import Collection, CollectionSettings
+from server.storage import AnyCollection, CollectionSettings
 from server.storage.collection import validate_id
 from server.storage.store import Damaged
 from server.tracing import span
@@ -49,6 +49,8 @@ def _config(st: CollectionSettings) -> pb.CollectionConfig:
         recall_target=st.recall_target,
         hnsw=pb.HnswConfig(connectivity=st.hnsw_connectivity, expansion_add=st.hnsw_expansion_add),
         payload_indexes=[pb.PayloadIndex(key=k, type=TYPE_ENUMS[t]) for k, t in st.payload_indexes],
+        backend=st.backend,
+        vector_dtype=st.vector_dtype,
     )
 
 
@@ -60,7 +62,7 @@ def item_pb(item_id: str, payload: dict[str, Any], vector: np.ndarray | None) ->
     return item
 
 
-def collection_info(c: Collection) -> pb.CollectionInfo:
+def collection_info(c: AnyCollection) -> pb.CollectionInfo:
     st = c.settings
     return pb.CollectionInfo(
         config=_config(st),
@@ -107,6 +109,8 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             hnsw_expansion_add=cfg.hnsw.expansion_add or HNSW_DEFAULTS.expansion_add,
             payload_indexes=tuple(indexes_from_pb(cfg.payload_indexes).items()),
             uid=uuid.uuid4().hex,
+            backend=cfg.backend or "local",
+            vector_dtype=cfg.vector_dtype or "f32",
         )
         if cfg.joint.startswith(("head:", "head+conse:")) and cfg.embedder in embedder_names():
             # A head maps features of one input size; the collection must embed its images at that size.
@@ -257,7 +261,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         if request.HasField("filter"):
             if request.ids:
                 fail(Error.BAD_REQUEST, "DeleteRequest has both ids and a filter: give one or the other")
-            deleted = c.delete_where(compile_filter(request.filter, c.settings.indexed, c.rows_for_ids))
+            deleted = c.delete_where(compile_filter(request.filter, c.settings.indexed))
         else:
             deleted = c.delete(list(request.ids))
         return pb.DeleteResponse(deleted=deleted, count=len(c))
@@ -282,7 +286,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
     def Count(self, request: pb.CountRequest, context: grpc.ServicerContext) -> pb.CountResponse:
         c = self.s.store.get(request.collection)
         if request.HasField("filter"):
-            return pb.CountResponse(count=len(passing(c, request.filter)))
+            return pb.CountResponse(count=c.count(request_filter(c, request)))
         return pb.CountResponse(count=len(c))
 
     @rpc_method
@@ -292,12 +296,12 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
         if not 1 <= limit <= MAX_SCROLL:
             fail(Error.BAD_REQUEST, f"limit must be 1..{MAX_SCROLL} (0 means 100), got {request.limit}")
         after = self.s.cursors.read(request.cursor, c.name, c.settings.uid) if request.cursor else None
-        allowed = passing(c, request.filter) if request.HasField("filter") else None
+        where = request_filter(c, request)
         check_response_size(
             limit, c.settings.dim * 4 if request.with_vector else 0, 0, self.s.config.max_message_bytes,
             "ask for a smaller limit, or without vectors",
         )  # fmt: skip
-        found, last = c.scroll(after, limit, allowed, request.with_vector)
+        found, last = c.scroll(after, limit, where, request.with_vector)
         items = [item_pb(i, {} if request.without_payload else p, v) for i, p, v in found]
         cursor = self.s.cursors.make(c.name, c.settings.uid, last) if last is not None else ""
         return pb.ScrollResponse(items=items, next_cursor=cursor)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from pyroaring import BitMap
-from visionsearch.v1 import visionsearch_pb2 as pb
 
+from kernels.payload_index import Node
 from server.errors import Error, fail
 from server.filters import compile_filter
-from server.storage import Collection
+from server.storage import AnyCollection
 
 
 def check_deadline(context: grpc.ServicerContext, before: str) -> None:
@@ -40,6 +40,6 @@ def call_budget(context: grpc.ServicerContext, before: str) -> Budget:
     return Budget(None if remaining is None else time.monotonic() + remaining, cancelled)
 
 
-def passing(c: Collection, request_filter: pb.Filter) -> BitMap:
-    """The rows of ``c`` that pass a request's filter (INVALID_ARGUMENT for a filter it cannot answer)."""
-    return c.filter_rows(compile_filter(request_filter, c.settings.indexed, c.rows_for_ids))
+def request_filter(c: AnyCollection, request: Any) -> Node | None:
+    """A request's filter compiled for ``c`` (INVALID_ARGUMENT for one it cannot answer), None without."""
+    return compile_filter(request.filter, c.settings.indexed) if request.HasField("filter") else None

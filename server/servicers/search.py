@@ -22,9 +22,9 @@ from server.limits import (
     check_response_size,
     check_word,
 )
-from server.servicers.common import call_budget, passing
+from server.servicers.common import call_budget, request_filter
 from server.services import Services
-from server.storage import Collection
+from server.storage import AnyCollection, Collection
 from server.storage.collection import Hit, payload_bytes
 from server.tracing import span
 from server.wire import MAX_EFFORT, check_k, vector_from_pb, vector_to_pb
@@ -116,10 +116,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             fail(Error.BAD_REQUEST, "the positive and negative examples cancel out: give other examples")
         query = self._as_query(c, target[None, :].astype(np.float32), joint, context, "the recommendation")
         notes: list[str] = []
-        allowed = passing(c, request.filter) if request.HasField("filter") else None
+        where = request_filter(c, request)
         skip = set(examples)
         with span("search"):
-            hits = c.search(query, k + len(skip), joint=joint, allowed=allowed, notes=notes)[0]
+            hits = c.search(query, k + len(skip), joint=joint, filter=where, notes=notes)[0]
         hits = [h for h in hits if h.id not in skip]
         if request.HasField("score_threshold"):
             hits = [h for h in hits if h.score >= request.score_threshold]
@@ -128,7 +128,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     # ---------------------------------------------------------------- one search
 
-    def _space(self, c: Collection, space: int, which: str | None) -> int:
+    def _space(self, c: AnyCollection, space: int, which: str | None) -> int:
         if space not in (pb.SPACE_UNSPECIFIED, pb.SPACE_IMAGE, pb.SPACE_JOINT):
             fail(Error.BAD_REQUEST, f"space {space} is not a known Space (IMAGE or JOINT; 0 for the default)")
         if which == "text" and space == pb.SPACE_IMAGE:
@@ -144,7 +144,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return pb.SPACE_IMAGE
 
     def _check(
-        self, c: Collection, request: pb.SearchRequest, where: str = ""
+        self, c: AnyCollection, request: pb.SearchRequest, where: str = ""
     ) -> tuple[int, bool, str | None]:
         at = f"{where}: " if where else ""
         k = check_k(request.k, self.s.config.max_k)
@@ -165,26 +165,33 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return k, joint, which
 
     def _search(
-        self, c: Collection, request: pb.SearchRequest, context: grpc.ServicerContext
+        self, c: AnyCollection, request: pb.SearchRequest, context: grpc.ServicerContext
     ) -> pb.SearchResponse:
         k, joint, which = self._check(c, request)
         hybrid: HybridOptions | None = None
         if request.HasField("hybrid"):
             opts = request.hybrid
             hybrid = check_options(list(opts.text_fields), opts.rrf_k, opts.lexical_weight)
+            if not isinstance(c, Collection):
+                fail(
+                    Error.PRECONDITION,
+                    f"hybrid search scores payload text this server holds: collection {c.name!r} is kept in "
+                    "Milvus; search it without `hybrid`, or keep the collection on the local backend",
+                )
         notes: list[str] = []
         exclude = request.id if which == "id" else None  # "more like this": not its own neighbour
         with span("embed" if which in ("image", "text") else "decode"):
             query = self._query(c, request, which, joint, notes, context)
-        allowed = passing(c, request.filter) if request.HasField("filter") else None
+        where = request_filter(c, request)
         effort = min(request.effort, c.max_effort())
         with span("search"):
             wanted = depth(k) if hybrid else k + (exclude is not None)
             hits = c.search(
-                query, wanted, joint=joint, effort=effort, exact=request.exact, allowed=allowed, notes=notes
+                query, wanted, joint=joint, effort=effort, exact=request.exact, filter=where, notes=notes
             )[0]
-            if hybrid is not None:
+            if hybrid is not None and isinstance(c, Collection):
                 entry = self.s.lexical.get(c, hybrid.fields)
+                allowed = c.filter_rows(where) if where is not None else None
                 hits = fuse(hits, entry, _query_text(request.text), hybrid, depth(k), c, allowed)
         with span("encode"):
             return self._response(c, request, self._finish(hits, k, exclude, request), joint, notes)
@@ -199,7 +206,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     def _query(
         self,
-        c: Collection,
+        c: AnyCollection,
         request: pb.SearchRequest,
         which: str | None,
         joint: bool,
@@ -221,7 +228,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         fail(Error.BAD_REQUEST, "SearchRequest has no query: set `vector`, `image`, `id` or `text`")
 
     def _as_query(
-        self, c: Collection, raw: np.ndarray, joint: bool, context: grpc.ServicerContext, what: str
+        self, c: AnyCollection, raw: np.ndarray, joint: bool, context: grpc.ServicerContext, what: str
     ) -> np.ndarray:
         """A vector as a query of the space searched: the joint space takes its own width, or image
         features (projected, as images are)."""
@@ -238,7 +245,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return self._project(c, raw, context, what)
 
     def _response(
-        self, c: Collection, request: Any, hits: list[Hit], joint: bool, notes: list[str]
+        self, c: AnyCollection, request: Any, hits: list[Hit], joint: bool, notes: list[str]
     ) -> pb.SearchResponse:
         cosine = joint or c.settings.metric == "cosine"
         check_response_size(
@@ -257,11 +264,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 for key, value in typed.items():
                     hit.fields[key].CopyFrom(value)
             if request.with_vector:
-                vec = c.vector_of(h.id, joint=joint) if joint else c.vector_of_row(h.row)
-                hit.vector.CopyFrom(vector_to_pb(vec))
+                hit.vector.CopyFrom(vector_to_pb(c.hit_vector(h, joint=joint)))
         return resp
 
-    def _embed_image(self, c: Collection, image: bytes, context: grpc.ServicerContext) -> np.ndarray:
+    def _embed_image(self, c: AnyCollection, image: bytes, context: grpc.ServicerContext) -> np.ndarray:
         if not c.settings.embedder:
             fail(
                 Error.PRECONDITION,
@@ -273,7 +279,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         )
 
     def _project(
-        self, c: Collection, features: np.ndarray, context: grpc.ServicerContext, what: str
+        self, c: AnyCollection, features: np.ndarray, context: grpc.ServicerContext, what: str
     ) -> np.ndarray:
         if features.shape[1] != c.settings.dim:
             fail(
@@ -284,7 +290,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
         return c.prepare_joint(self.s.joint(c.settings.joint, c.settings.embedder).project(features))
 
-    def _text_query(self, c: Collection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:
+    def _text_query(self, c: AnyCollection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:
         space = self.s.joint(c.settings.joint).text
         kind = text.WhichOneof("text")
         if kind == "sentence":

@@ -2,6 +2,6 @@
 in-memory exact index they rebuild at start."""
 
 from server.storage.collection import Collection, CollectionSettings
-from server.storage.store import CollectionStore
+from server.storage.store import AnyCollection, CollectionStore
 
-__all__ = ["Collection", "CollectionSettings", "CollectionStore"]
+__all__ = ["AnyCollection", "Collection", "CollectionSettings", "CollectionStore"]

@@ -55,6 +55,15 @@ class _Choice:
 _EXACT = _Choice("exact")
 
 
+def rescore(db: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of each query's candidate rows by exact float32 score (missing candidates, -1, last)."""
+    safe = np.where(rows >= 0, rows, 0)
+    exact = np.einsum("qd,qcd->qc", queries, db[safe])
+    exact = np.where(rows >= 0, exact, -np.inf).astype(np.float32)
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    return trim_unfilled(np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1))
+
+
 def state_path(folder: Path, generation: int) -> Path:
     return folder / f"ann-{generation}.json"
 
@@ -366,8 +375,13 @@ class AnnManager:
         hnsw = choice.hnsw
         if hnsw is None:
             return index.search(queries, k)
+        quantized = hnsw.params.dtype != "f32"
         with hnsw.lock:
             if self._choice is choice:
-                scores, rows = hnsw.search_locked(queries, k, effort or choice.ef)
-                return trim_unfilled(scores, rows)
-        return index.search(queries, k)  # the graph moved to a compacted layout meanwhile
+                # A quantized graph is asked for twice as many candidates, re-scored below in float32.
+                scores, rows = hnsw.search_locked(queries, 2 * k if quantized else k, effort or choice.ef)
+                if not quantized:
+                    return trim_unfilled(scores, rows)
+        if self._choice is not choice:
+            return index.search(queries, k)  # the graph moved to a compacted layout meanwhile
+        return rescore(st.vectors, queries, rows, k)

@@ -21,7 +21,7 @@ from sortedcontainers import SortedList
 
 from embedder.naming import unknown_joint
 from kernels import ExactIndex, has_nonfinite, row_norms
-from kernels.hnsw import HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
+from kernels.hnsw import DTYPES, HNSW_CONNECTIVITY_RANGE, HNSW_DEFAULTS, HNSW_EXPANSION_ADD_RANGE, HNSWParams
 from kernels.payload_index import FIELD_TYPES, Node, PayloadIndex, rows_of
 from kernels.payload_index import build as build_payload_index
 from kernels.topk import topk_rows
@@ -37,6 +37,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always with fullmatch: `$` would
 MAX_ID_BYTES = 256
 MAX_DIM = 65536
 METRICS = ("cosine", "inner_product")
+BACKENDS = ("local", "milvus")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class CollectionSettings:
     payload_indexes: tuple[tuple[str, str], ...] = ()
     # Set at creation: tells this collection from an earlier one of the same name (scroll cursors).
     uid: str = ""
+    # Where the items live: "local" (this data folder) or "milvus" (server.storage.milvus).
+    backend: str = "local"
+    # How the HNSW graph stores its vectors (f32, f16, i8); the exact storage stays float32.
+    vector_dtype: str = "f32"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CollectionSettings:
@@ -71,7 +76,7 @@ class CollectionSettings:
 
     @property
     def hnsw(self) -> HNSWParams:
-        return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add)
+        return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add, dtype=self.vector_dtype)
 
     def validate(self, known_embedders: dict[str, int], known_joints: dict[str, int]) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -107,6 +112,24 @@ class CollectionSettings:
                     f"payload index {quote(key, 40)}: type {quote(kind)} is not {FIELD_TYPES}",
                 )
             seen.add(key)
+        if self.vector_dtype not in DTYPES:
+            fail(
+                Error.BAD_REQUEST,
+                f"vector_dtype {quote(self.vector_dtype)} is not one HNSW supports: {', '.join(DTYPES)}",
+            )
+        if self.vector_dtype == "i8" and self.metric != "cosine":
+            fail(
+                Error.BAD_REQUEST,
+                "vector_dtype i8 needs metric cosine (its graph compares by cosine): use f16",
+            )
+        if self.vector_dtype != "f32" and self.index not in ("hnsw", "auto"):
+            fail(
+                Error.BAD_REQUEST,
+                f"vector_dtype {self.vector_dtype} applies to the HNSW graph: use index hnsw or auto "
+                f"(index {self.index} searches float32 vectors)",
+            )
+        if self.backend not in BACKENDS:
+            fail(Error.BAD_REQUEST, f"backend {quote(self.backend)} is not one of {', '.join(BACKENDS)}")
         if self.metric not in METRICS:
             fail(Error.BAD_REQUEST, f"metric {quote(self.metric)} is not one of {', '.join(METRICS)}")
         if self.embedder and self.embedder not in known_embedders:
@@ -202,7 +225,52 @@ class SnapshotFailed(Exception):
     """A snapshot could not be written; the generation in force and its log are untouched."""
 
 
-class Collection:
+class VectorSpaces:
+    """Checks that bring query and item vectors to a collection's stored form; every storage backend shares
+    them (``settings`` and ``name`` are the collection's)."""
+
+    settings: CollectionSettings
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def prepare_vectors(self, vectors: np.ndarray, what: str = "vector") -> np.ndarray:
+        """Check a (m, dim) batch and bring it to the stored form (unit rows for cosine)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.settings.dim:
+            got = vectors.shape[-1] if vectors.ndim else 0
+            fail(
+                Error.BAD_REQUEST,
+                f"{what} has dimension {got} but collection {self.name!r} has dimension {self.settings.dim}",
+            )
+        where = "" if len(vectors) == 1 else " (row {})"
+        if has_nonfinite(vectors):
+            row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+            fail(Error.BAD_REQUEST, f"{what}{where.format(row)} contains NaN or Inf")
+        if self.settings.metric == "cosine":
+            norms = row_norms(vectors)
+            if np.any(norms == 0):
+                row = int(np.flatnonzero(norms == 0)[0])
+                fail(
+                    Error.BAD_REQUEST,
+                    f"{what}{where.format(row)} is all zeros: cosine similarity needs a non-zero vector",
+                )
+            vectors = vectors / norms[:, None]
+        return vectors
+
+    def prepare_joint(self, vectors: np.ndarray, what: str = "joint vector") -> np.ndarray:
+        """Joint-space vectors are always compared by cosine: unit rows (a zero row stays zero)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.settings.joint_dim:
+            fail(Error.BAD_REQUEST, f"joint vectors must have dimension {self.settings.joint_dim}")
+        if has_nonfinite(vectors):
+            fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
+class Collection(VectorSpaces):
     def __init__(
         self,
         folder: Path,
@@ -307,10 +375,6 @@ class Collection:
 
     # ------------------------------------------------------------------ reads
 
-    @property
-    def name(self) -> str:
-        return self.settings.name
-
     def __len__(self) -> int:
         return len(self._view.index)
 
@@ -330,6 +394,10 @@ class Collection:
         """Share (0..1) of the background index build in flight, None when none runs."""
         ann = self._view.ann
         return None if ann.build_done.is_set() else ann.build_progress
+
+    def inline_ok(self) -> bool:
+        """Whether its searches may run on the event loop (memory only; see ``Services.cheap_search``)."""
+        return True
 
     def approximate(self) -> bool:
         """Whether an approximate index answers image-space searches now."""
@@ -351,12 +419,13 @@ class Collection:
         joint: bool = False,
         effort: int = 0,
         exact: bool = False,
-        allowed: BitMap | None = None,
+        filter: Node | None = None,
         notes: list[str] | None = None,
     ) -> list[list[Hit]]:
-        """Best k items per query, in the image space or (``joint=True``) the joint space, among the rows of
-        ``allowed`` when given (``filter_rows``). ``queries`` are prepared by ``prepare_vectors`` or
+        """Best k items per query, in the image space or (``joint=True``) the joint space, among the items
+        that pass ``filter`` when given. ``queries`` are prepared by ``prepare_vectors`` or
         ``prepare_joint``. The plan a filtered search ran is added to ``notes``."""
+        allowed = self.filter_rows(filter) if filter is not None else None
         view = self._view
         index = view.index
         if joint:
@@ -394,11 +463,12 @@ class Collection:
             return self._changes, [view.row_ids[r] for r in live], [view.payloads[r] for r in live]
 
     def scroll(
-        self, after: str | None, limit: int, allowed: BitMap | None, with_vectors: bool
+        self, after: str | None, limit: int, filter: Node | None, with_vectors: bool
     ) -> tuple[list[tuple[str, dict[str, Any], np.ndarray | None]], str | None]:
-        """Up to ``limit`` items after id ``after`` in id order (passing ``allowed``), and the id to continue
+        """Up to ``limit`` items after id ``after`` in id order (passing ``filter``), and the id to continue
         after (None at the end). With a filter that passes few items a page may hold fewer than ``limit``:
         at most ``SCROLL_SCAN`` ids are looked at per page, so a page never holds writers up for long."""
+        allowed = self.filter_rows(filter) if filter is not None else None
         picked: list[tuple[str, int]] = []
         last: str | None = None
         with self._lock:
@@ -417,12 +487,16 @@ class Collection:
         out = [(i, view.payloads[r], view.index.vector(r) if with_vectors else None) for i, r in picked]
         return out, None if done else last
 
-    def count_where(self, allowed: BitMap) -> int:
-        return len(allowed)
-
     def filter_rows(self, node: Node) -> BitMap:
         """The live rows that pass a filter (``server.filters.compile_filter``)."""
-        return self._view.filters.evaluate(node)
+        return self._view.filters.evaluate(node, self.rows_for_ids)
+
+    def count(self, filter: Node | None = None) -> int:
+        return len(self) if filter is None else len(self.filter_rows(filter))
+
+    def hit_vector(self, hit: Hit, *, joint: bool = False) -> np.ndarray:
+        """The stored vector of a hit of this collection's search (of the space searched)."""
+        return self.vector_of(hit.id, joint=True) if joint else self._view.index.vector(hit.row)
 
     def rows_for_ids(self, ids: list[str]) -> tuple[int, ...]:
         rows = self._rows
@@ -514,40 +588,6 @@ class Collection:
 
     # ------------------------------------------------------------------ writes
 
-    def prepare_vectors(self, vectors: np.ndarray, what: str = "vector") -> np.ndarray:
-        """Check a (m, dim) batch and bring it to the stored form (unit rows for cosine)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.settings.dim:
-            got = vectors.shape[-1] if vectors.ndim else 0
-            fail(
-                Error.BAD_REQUEST,
-                f"{what} has dimension {got} but collection {self.name!r} has dimension {self.settings.dim}",
-            )
-        where = "" if len(vectors) == 1 else " (row {})"
-        if has_nonfinite(vectors):
-            row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
-            fail(Error.BAD_REQUEST, f"{what}{where.format(row)} contains NaN or Inf")
-        if self.settings.metric == "cosine":
-            norms = row_norms(vectors)
-            if np.any(norms == 0):
-                row = int(np.flatnonzero(norms == 0)[0])
-                fail(
-                    Error.BAD_REQUEST,
-                    f"{what}{where.format(row)} is all zeros: cosine similarity needs a non-zero vector",
-                )
-            vectors = vectors / norms[:, None]
-        return vectors
-
-    def prepare_joint(self, vectors: np.ndarray, what: str = "joint vector") -> np.ndarray:
-        """Joint-space vectors are always compared by cosine: unit rows (a zero row stays zero)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.settings.joint_dim:
-            fail(Error.BAD_REQUEST, f"joint vectors must have dimension {self.settings.joint_dim}")
-        if has_nonfinite(vectors):
-            fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
-
     def upsert(
         self,
         ids: list[str],
@@ -594,7 +634,7 @@ class Collection:
         with self._lock:
             self._check_open()
             view = self._view
-            ids = [view.row_ids[r] for r in rows_of(view.filters.evaluate(node))]
+            ids = [view.row_ids[r] for r in rows_of(view.filters.evaluate(node, self.rows_for_ids))]
         return self.delete(ids) if ids else 0
 
     def set_payload(self, ids: list[str], changes: dict[str, Any]) -> int:

@@ -16,9 +16,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from server.errors import Error, fail, quote
+from server.errors import Error, ServiceError, fail, quote
 from server.storage.collection import NAME_RE, Collection, CollectionSettings
+from server.storage.milvus import MilvusBackend, MilvusCollection
 from server.storage.recovery import CollectionDamaged, config_bytes, read_config
 from server.storage.snapshot import write_atomic
 
@@ -26,7 +28,10 @@ log = logging.getLogger("visionsearch.store")
 
 
 # Settings that only an empty collection may change: re-indexing in place would stall its writers.
-STRUCTURAL = ("index", "hnsw_connectivity", "hnsw_expansion_add")
+STRUCTURAL = ("index", "hnsw_connectivity", "hnsw_expansion_add", "vector_dtype")
+
+
+AnyCollection = Collection | MilvusCollection
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class CollectionStore:
         known_joints: Callable[[], dict[str, int]],
         fsync: bool,
         snapshot_wal_bytes: int,
+        milvus: MilvusBackend | None = None,
     ):
+        self.milvus = milvus
         self.root = data_dir / "collections"
         self.root.mkdir(parents=True, exist_ok=True)
         self._known_embedders = known_embedders
@@ -90,7 +97,7 @@ class CollectionStore:
         self.damaged[folder.name] = Damaged(folder.name, folder, reason, settings)
         log.error("collection %s is damaged and not served: %s", folder.name, reason)
 
-    def create(self, settings: CollectionSettings) -> Collection:
+    def create(self, settings: CollectionSettings) -> AnyCollection:
         if settings.dim == 0 and settings.embedder in self._known_embedders:
             settings = dataclasses.replace(settings, dim=self._known_embedders[settings.embedder])
         joints = self._known_joints()  # asked each time: heads trained while the server runs count too
@@ -100,6 +107,10 @@ class CollectionStore:
         with self._lock:
             if settings.name in self._collections:
                 fail(Error.ALREADY_EXISTS, f"collection {settings.name!r} already exists")
+            if settings.backend == "milvus":
+                return self._create_in_milvus(settings)
+            if self._in_milvus(settings.name):
+                fail(Error.ALREADY_EXISTS, f"collection {settings.name!r} already exists in Milvus")
             if settings.name in self.damaged:
                 fail(
                     Error.ALREADY_EXISTS,
@@ -121,7 +132,31 @@ class CollectionStore:
             self._collections[settings.name] = c
             return c
 
-    def update(self, name: str, changes: dict[str, object]) -> Collection:
+    def _in_milvus(self, name: str) -> bool:
+        """Whether Milvus holds a collection of this name; a Milvus that does not answer holds none (the local
+        collections must not depend on it)."""
+        if self.milvus is None:
+            return False
+        try:
+            return self.milvus.settings_of(name) is not None
+        except ServiceError as e:
+            log.warning("could not ask Milvus about %r: %s", name, e.message)
+            return False
+
+    def _create_in_milvus(self, settings: CollectionSettings) -> MilvusCollection:
+        if self.milvus is None:
+            fail(
+                Error.PRECONDITION,
+                "this server has no Milvus: start it with --milvus-uri (VISIONSEARCH_MILVUS_URI) to create "
+                "collections with backend 'milvus'",
+            )
+        if settings.name in self.damaged or (self.root / settings.name).exists():
+            fail(Error.ALREADY_EXISTS, f"collection {settings.name!r} already exists on this server")
+        if self.milvus.settings_of(settings.name) is not None:
+            fail(Error.ALREADY_EXISTS, f"collection {settings.name!r} already exists in Milvus")
+        return self.milvus.create(settings)
+
+    def update(self, name: str, changes: dict[str, object]) -> AnyCollection:
         """Apply setting changes (already validated by type); only an empty collection may change them."""
         with self._lock:
             c = self.get(name)
@@ -130,6 +165,11 @@ class CollectionStore:
                 return c
             settings.validate(self._known_embedders, self._known_joints())
             structural = [k for k in STRUCTURAL if getattr(settings, k) != getattr(c.settings, k)]
+            if isinstance(c, MilvusCollection):
+                if structural:
+                    fail(Error.PRECONDITION, f"collection {name!r} is in Milvus, which chooses its own index")
+                c.reconfigure(settings)
+                return c
             if not structural:
                 c.reconfigure(settings)  # the recall target and payload indexes change in place
                 return c
@@ -146,9 +186,14 @@ class CollectionStore:
             self._collections[name] = again
             return again
 
-    def get(self, name: str) -> Collection:
+    def get(self, name: str) -> AnyCollection:
         c = self._collections.get(name)
         if c is None:
+            if self.milvus is not None and NAME_RE.fullmatch(name) and name not in self.damaged:
+                # Read from Milvus on every call: another server may have created or dropped it.
+                settings = self.milvus.settings_of(name)
+                if settings is not None:
+                    return MilvusCollection(self.milvus, settings)
             if name in self.damaged:
                 fail(
                     Error.DATA_LOSS,
@@ -162,18 +207,40 @@ class CollectionStore:
             fail(Error.NOT_FOUND, f"collection {name!r} does not exist; create it first or list collections")
         return c
 
-    def list(self) -> list[Collection]:
-        return [self._collections[n] for n in sorted(self._collections)]
+    def get_local(self, name: str) -> Collection:
+        """A collection of this data folder (the default collection, tools)."""
+        c = self._collections.get(name)
+        return c if c is not None else self._missing(name)  # not `or`: an empty collection is falsy
+
+    def _missing(self, name: str) -> NoReturn:
+        self.get(name)  # raises the precise status
+        fail(Error.NOT_FOUND, f"collection {name!r} is not in this server's data folder")
+
+    def list(self) -> builtins.list[AnyCollection]:
+        local: builtins.list[AnyCollection] = [self._collections[n] for n in sorted(self._collections)]
+        if self.milvus is None:
+            return local
+        try:
+            names = self.milvus.names()
+        except ServiceError as e:  # Milvus down: the local collections are still listed and served
+            log.warning("listing without the Milvus collections: %s", e.message)
+            return local
+        remote = [MilvusCollection(self.milvus, s) for n in names if (s := self.milvus.settings_of(n))]
+        return sorted([*local, *remote], key=lambda c: c.name)
 
     def list_damaged(self) -> builtins.list[Damaged]:
         return [self.damaged[n] for n in sorted(self.damaged)]
 
     def drop(self, name: str) -> None:
         with self._lock:
+            local = name in self._collections or name in self.damaged
+            if not local and self.milvus is not None and self.milvus.settings_of(name) is not None:
+                self.milvus.drop(name)
+                return
             if name in self.damaged:
                 folder = self.damaged.pop(name).folder
             else:
-                c = self.get(name)
+                c = self.get_local(name)
                 del self._collections[name]
                 c.close(reason="dropped", flush=False)
                 folder = c.folder

@@ -1,5 +1,6 @@
 // Embeds an image file, finds the most similar photos of a collection and tags the image with words.
 //   node dist/examples/search_and_tag.js IMAGE [COLLECTION]     (server: VISIONSEARCH_ADDRESS or 127.0.0.1:50051)
+// A server with TLS and keys: VISIONSEARCH_CA names the CA's PEM file, VISIONSEARCH_API_KEY holds the key.
 import { readFileSync } from "node:fs";
 import { Code, ConnectError, VisionSearchClient } from "../src/index.js";
 
@@ -10,7 +11,12 @@ async function main(): Promise<number> {
     return 2;
   }
   const image = new Uint8Array(readFileSync(imagePath));
-  const vs = new VisionSearchClient(process.env.VISIONSEARCH_ADDRESS ?? "127.0.0.1:50051", { timeoutMs: 30_000 });
+  const { VISIONSEARCH_ADDRESS: address, VISIONSEARCH_CA: ca, VISIONSEARCH_API_KEY: apiKey } = process.env;
+  const vs = new VisionSearchClient(address ?? "127.0.0.1:50051", {
+    timeoutMs: 30_000,
+    rootCertificates: ca ? readFileSync(ca) : undefined,
+    apiKey: apiKey || undefined,
+  });
   try {
     const { vector, model } = await vs.embedImage(image);
     console.log(`embedding: ${vector.length}-d from ${model}`);

@@ -3,16 +3,19 @@
 import { type CallOptions, type Client, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import { type Pem, type Security, security, securityInterceptors } from "./security.js";
 import {
   type CollectionConfigSchema,
   type CollectionInfo,
   CollectionService,
   EmbedService,
+  type GetServerInfoResponse,
   IndexType,
   type Item as ItemMessage,
   type ItemSchema,
   type SearchRequestSchema,
   SearchService,
+  ServerService,
   Space,
   TagService,
   type WordHit,
@@ -24,6 +27,19 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Largest message sent or received. Default 64 MiB. */
   maxMessageBytes?: number;
+  /** API key, sent with every call as `authorization: Bearer <key>` (`visionsearch-admin keys add` prints it). */
+  apiKey?: string;
+  /**
+   * Speak TLS. On when any certificate below is given or the address is an https:// URL; without
+   * `rootCertificates` Node's bundled CA roots verify the server.
+   */
+  tls?: boolean;
+  /** PEM text of the CA certificate(s) that verify the server, e.g. `readFileSync("ca.pem")`. */
+  rootCertificates?: Pem;
+  /** PEM text of this client's private key, for a server that requires client certificates (mTLS). */
+  privateKey?: Pem;
+  /** PEM text of this client's certificate chain; goes with `privateKey`. */
+  certificateChain?: Pem;
 }
 
 /** What to search with: exactly one of these. */
@@ -116,35 +132,41 @@ function storedItem(item: ItemMessage): StoredItem {
   return out;
 }
 
-/** "host:port" (or a full http:// URL) -> the transport's base URL. Plaintext, like the server. */
-function baseUrl(address: string): string {
-  return /^https?:\/\//.test(address) ? address : `http://${address}`;
-}
-
 export class VisionSearchClient {
   readonly embedService: Client<typeof EmbedService>;
   readonly searchService: Client<typeof SearchService>;
   readonly tagService: Client<typeof TagService>;
   readonly collectionService: Client<typeof CollectionService>;
+  readonly serverService: Client<typeof ServerService>;
   private readonly session: Http2SessionManager;
   private readonly timeoutMs: number;
 
+  /**
+   * `new VisionSearchClient("127.0.0.1:50051")` speaks plaintext without a key. On a network:
+   * `new VisionSearchClient("search.internal:50051", { apiKey, rootCertificates: readFileSync("ca.pem") })`.
+   * Throws TypeError for options that contradict each other (see ClientOptions).
+   */
   constructor(address: string, options: ClientOptions = {}) {
-    const url = baseUrl(address);
+    const sec: Security = security(address, options);
     const maxBytes = options.maxMessageBytes ?? 64 * 1024 * 1024;
     this.timeoutMs = options.timeoutMs ?? 60_000;
-    // One HTTP/2 connection shared by the four services; close() ends it so that Node can exit.
-    this.session = new Http2SessionManager(url);
+    // One HTTP/2 connection shared by the services; close() ends it so that Node can exit.
+    this.session = new Http2SessionManager(sec.url, undefined, sec.nodeOptions);
     const transport = createGrpcTransport({
-      baseUrl: url,
+      baseUrl: sec.url,
       sessionManager: this.session,
       readMaxBytes: maxBytes,
       writeMaxBytes: maxBytes,
+      interceptors: securityInterceptors(sec, options.apiKey, () => {
+        const state = this.session.state();
+        return state === "closed" || state === "error";
+      }),
     });
     this.embedService = createClient(EmbedService, transport);
     this.searchService = createClient(SearchService, transport);
     this.tagService = createClient(TagService, transport);
     this.collectionService = createClient(CollectionService, transport);
+    this.serverService = createClient(ServerService, transport);
   }
 
   private opts(call?: CallOptions): CallOptions {
@@ -153,6 +175,16 @@ export class VisionSearchClient {
 
   close(): void {
     this.session.abort();
+  }
+
+  // ---------------------------------------------------------------- server
+
+  /**
+   * The server's version, limits (largest message, k, pixels, ...), embedders, joint spaces and index kinds,
+   * and whether it requires API keys, TLS and client certificates.
+   */
+  async serverInfo(call?: CallOptions): Promise<GetServerInfoResponse> {
+    return this.serverService.getServerInfo({}, this.opts(call));
   }
 
   // ---------------------------------------------------------------- embed

@@ -124,6 +124,8 @@ class CollectionInfo:
     state_reason: str = ""
     payload_indexes: dict[str, str] = field(default_factory=dict)  # key -> keyword|integer|float|bool
     filter_planning: str = ""
+    backend: str = "local"
+    vector_dtype: str = "f32"
 
 
 def to_value(v: PayloadValue) -> pb.PayloadValue:
@@ -264,6 +266,8 @@ def create_request(
     hnsw_connectivity: int = 0,
     hnsw_expansion_add: int = 0,
     payload_indexes: Mapping[str, str] | None = None,
+    backend: str = "",
+    vector_dtype: str = "",
 ) -> pb.CreateCollectionRequest:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}")
@@ -273,7 +277,7 @@ def create_request(
         name=name, dim=dim, metric=METRICS[metric], embedder=embedder, joint=joint,
         index=INDEXES[index], recall_target=recall_target,
         hnsw=pb.HnswConfig(connectivity=hnsw_connectivity, expansion_add=hnsw_expansion_add),
-        payload_indexes=payload_index_list(payload_indexes),
+        payload_indexes=payload_index_list(payload_indexes), backend=backend, vector_dtype=vector_dtype,
     )  # fmt: skip
     return pb.CreateCollectionRequest(config=config)
 
@@ -351,6 +355,7 @@ def info(resp: pb.CollectionInfo) -> CollectionInfo:
         resp.index_in_use, c.hnsw.connectivity, c.hnsw.expansion_add,
         STATES.get(resp.state, "ready"), resp.state_reason,
         {p.key: PAYLOAD_TYPE_NAMES.get(p.type, "?") for p in c.payload_indexes}, resp.filter_planning,
+        c.backend or "local", c.vector_dtype or "f32",
     )  # fmt: skip
 
 

@@ -208,14 +208,17 @@ class Client:
         hnsw_connectivity: int = 0,
         hnsw_expansion_add: int = 0,
         payload_indexes: Mapping[str, str] | None = None,
+        backend: str = "",
+        vector_dtype: str = "",
         timeout: float | None = None,
     ) -> CollectionInfo:
         """``hnsw_connectivity`` (M) and ``hnsw_expansion_add`` (ef_construction) shape the HNSW graph when
         the index is or becomes HNSW; 0 takes the server's defaults (16, 128). ``payload_indexes`` maps
-        payload keys to keyword, integer, float or bool: the fields filters may use."""
+        payload keys to keyword, integer, float or bool: the fields filters may use. ``backend`` "milvus"
+        keeps the items in the Milvus the server was started with (--milvus-uri)."""
         req = cv.create_request(
             name, dim, metric, embedder, joint, index, recall_target, hnsw_connectivity, hnsw_expansion_add,
-            payload_indexes,
+            payload_indexes, backend, vector_dtype,
         )  # fmt: skip
         return cv.info(self._call(self._collections.CreateCollection, req, timeout))
 

@@ -234,6 +234,15 @@ class Vector(_message.Message):
     35-50 us as repeated float (the conversion to a list dominates) and decodes in ~1.9 us against 3-5 us.
     Both are 5,123 bytes on the wire. Every protobuf runtime can reinterpret the bytes without copying
     (numpy.frombuffer, Float32Array, memcpy into float[]).
+
+    Notes for callers in other languages, learnt from a Node.js client written from this file alone:
+    - a received `f32` may start at an offset that is not a multiple of 4 inside the message's buffer
+      (Node.js Buffers are slices of a pool): copy it first (`new Float32Array(new Uint8Array(b).buffer)`) or
+      read it with a DataView, little-endian; `new Float32Array(b.buffer, b.byteOffset, n)` throws then;
+    - grpc-js receives at most 4 MiB by default, less than a k=1000 search with vectors (about 5.2 MB at
+      1280-d): raise `grpc.max_receive_message_length` (the server's own limit is in GetServerInfo);
+    - @grpc/proto-loader turns field names into camelCase (`withPayload`) unless loaded with `keepCase: true`;
+      JSON mappings use camelCase as well.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -723,7 +732,8 @@ class SearchRequest(_message.Message):
     def hybrid(self) -> Global___HybridOptions:
         """Hybrid search: also score the text of named payload fields with BM25 and fuse that ranking with the dense
         joint-space one. Text queries only (a vector, image or id query with `hybrid` set: INVALID_ARGUMENT).
-        Hit.score is then the fused score (see HybridOptions), and Hit.distance 1 - score.
+        Hit.score is then the fused score (see HybridOptions), and Hit.distance 1 - score; `filter` applies to both
+        rankings and `score_threshold` to the fused score. A collection stored in Milvus: FAILED_PRECONDITION.
         """
 
     def __init__(
@@ -1204,6 +1214,8 @@ class CollectionConfig(_message.Message):
     RECALL_TARGET_FIELD_NUMBER: _builtins.int
     HNSW_FIELD_NUMBER: _builtins.int
     PAYLOAD_INDEXES_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    VECTOR_DTYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters from [A-Za-z0-9_-]."""
     dim: _builtins.int
@@ -1229,6 +1241,17 @@ class CollectionConfig(_message.Message):
     """
     recall_target: _builtins.float
     """Recall@10 an approximate index must reach, in (0, 1]; 0 means 0.95."""
+    backend: _builtins.str
+    """Where the collection's items live: "" or "local" (this server's data folder, the default), or "milvus"
+    (the Milvus the server was started with, --milvus-uri; FAILED_PRECONDITION if it has none). Never a
+    URI: a caller cannot make the server connect elsewhere. Milvus collections choose their own index (the
+    `index` and `hnsw` settings do not apply), and filters run in Milvus as expressions.
+    """
+    vector_dtype: _builtins.str
+    """How the HNSW graph stores its copy of the vectors: "" or "f32", "f16" (half the graph's memory), "i8"
+    (a quarter). For index HNSW or AUTO only (INVALID_ARGUMENT otherwise, or for another value); exact
+    storage, snapshots and exact re-scoring stay float32. README "Scaling" has the measured trade-offs.
+    """
     @_builtins.property
     def hnsw(self) -> Global___HnswConfig:
         """Graph settings used when the index is (or INDEX_AUTO chooses) HNSW. Saved with the collection."""
@@ -1249,10 +1272,12 @@ class CollectionConfig(_message.Message):
         recall_target: _builtins.float = ...,
         hnsw: Global___HnswConfig | None = ...,
         payload_indexes: _abc.Iterable[Global___PayloadIndex] | None = ...,
+        backend: _builtins.str = ...,
+        vector_dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hnsw", b"hnsw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "payload_indexes", b"payload_indexes", "recall_target", b"recall_target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dim", b"dim", "embedder", b"embedder", "hnsw", b"hnsw", "index", b"index", "joint", b"joint", "metric", b"metric", "name", b"name", "payload_indexes", b"payload_indexes", "recall_target", b"recall_target", "vector_dtype", b"vector_dtype"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
