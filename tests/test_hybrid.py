@@ -112,3 +112,21 @@ def test_hybrid_needs_a_text_query(client: Client) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "hybrid needs a text query",
     )
+
+
+def test_hybrid_honours_the_filter(client: Client, fresh_name: str) -> None:
+    from visionsearch_client.filters import match, where
+
+    client.create_collection(
+        fresh_name, embedder="efficientnet_lite1", joint="conse:spacy", payload_indexes={"kind": "keyword"}
+    )
+    kinds = {n: "cat" if "cats/" in p else "other" for n, (p, _) in PHOTOS.items()}
+    client.upsert(fresh_name, [
+        Item(n, image=(STAMPS / p).read_bytes(), payload={"caption": c, "kind": kinds[n]})
+        for n, (p, c) in PHOTOS.items()
+    ])  # fmt: skip
+    # The kettle's caption holds "zoo", but the filter keeps only the cats: it must not come back.
+    hits = client.search(
+        fresh_name, sentence="zoo", k=5, hybrid=["caption"], filter=where(must=[match("kind", "cat")])
+    )
+    assert {h.id for h in hits} == {"lion", "tiger"}
