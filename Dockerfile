@@ -14,7 +14,7 @@ ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     VISIONSEARCH_VENV=/opt/venv \
     VISIONSEARCH_PRODUCTION=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist tuxpaint-stamps-default \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist tuxpaint-stamps-default wordnet-base \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -23,7 +23,7 @@ RUN scripts/setup.sh
 # ---- run: the environment and the photo sets only
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist tuxpaint-stamps-default \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist tuxpaint-stamps-default wordnet-base \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /data visionsearch \
  && mkdir -p /data && chown visionsearch /data

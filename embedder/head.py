@@ -9,7 +9,6 @@ size or text space.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,61 +58,6 @@ class DeviseHead(torch.nn.Module):
         return torch.nn.functional.normalize(self.net((x - mean) / std), dim=1)
 
 
-@dataclass
-class TrainConfig:
-    loss: str = "hinge"  # or "cosine"
-    margin: float = 0.1
-    epochs: int = 8
-    batch: int = 256
-    lr: float = 1e-3
-    hidden: int = 2000
-    seed: int = 0
-
-
-def train_head(
-    features: np.ndarray,
-    labels: np.ndarray,
-    label_vectors: np.ndarray,
-    config: TrainConfig,
-    progress: Callable[[int, float], None] | None = None,
-) -> DeviseHead:
-    """Fit a head so that ``head(features[i])`` is near ``label_vectors[labels[i]]`` (unit rows)."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    y = torch.from_numpy(labels.astype(np.int64))
-    targets = torch.from_numpy(np.ascontiguousarray(label_vectors, dtype=np.float32))
-    head = DeviseHead(x.shape[1], config.hidden, targets.shape[1])
-    head.get_buffer("mean").copy_(x.mean(0))
-    head.get_buffer("std").copy_(x.std(0) + 1e-3)
-    opt = torch.optim.Adam(head.parameters(), lr=config.lr)
-    steps = config.epochs * -(-len(x) // config.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
-    head.train()
-    for _ in range(config.epochs):
-        order = torch.from_numpy(rng.permutation(len(x)))
-        for start in range(0, len(x), config.batch):
-            idx = order[start : start + config.batch]
-            out = head(x[idx])
-            scores = out @ targets.T  # (b, classes): similarity to every label's vector
-            true = scores.gather(1, y[idx, None])
-            if config.loss == "hinge":
-                # DeViSE: every wrong label must score at least `margin` below the right one.
-                violation = torch.clamp(config.margin - true + scores, min=0)
-                violation = violation.scatter(1, y[idx, None], 0.0)
-                loss = violation.sum(1).mean()
-            else:
-                loss = (1 - true).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if progress:
-                progress(len(idx), float(loss.detach()))
-    head.eval()
-    return head
-
-
 def save_head(path: Path, head: DeviseHead, meta: HeadMeta) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
@@ -159,6 +103,7 @@ class HeadSpace:
                 f"not {text.name} ({text.dim}-d)"
             )
         self.name = f"head:{name}"
+        self.backbone = backbone
         self.text = text
         self.dim = self.meta.dim
         self.input_size = self.meta.input_size

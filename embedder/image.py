@@ -1,4 +1,5 @@
-"""Images -> 1280-d MobileNetV2 features (ImageNet weights, global average pool before the classifier)."""
+"""Images -> 1280-d CNN features (ImageNet weights, global average pool before the classifier): MobileNetV2 by
+default, or another backbone of ``embedder.backbones``."""
 
 from __future__ import annotations
 
@@ -10,30 +11,32 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 
-from embedder import assets
+from embedder.backbones import BACKBONES, backbone_of, build
 from embedder.batcher import DynamicBatcher
 from embedder.errors import BadImage, ImageBusy, ImageTooLarge
 from embedder.workers import ForwardPool
 
-IMAGE_MODEL = "mobilenet_v2"
-IMAGE_DIM = 1280
-# Input sizes a collection may embed at, named "mobilenet_v2@SIZE" (plain "mobilenet_v2" is 224): small
-# source photos such as Fashion-MNIST's 28 px ones lose nothing at 96 px and embed five times faster.
-INPUT_SIZES = (64, 96, 128, 160, 192, 224)
+IMAGE_MODEL = "mobilenet_v2"  # the backbone of an ImageEmbedder that names none
+IMAGE_DIM = 1280  # every backbone's width
+INPUT_SIZES = BACKBONES[IMAGE_MODEL].sizes  # MobileNetV2's ("mobilenet_v2@SIZE")
 
 
 def embedder_names() -> dict[str, int]:
-    """Every image-embedder name a collection may use, with its vector width."""
-    return {IMAGE_MODEL: IMAGE_DIM} | {f"{IMAGE_MODEL}@{s}": IMAGE_DIM for s in INPUT_SIZES}
+    """Every image-embedder name a collection may use, with its vector width: each backbone of
+    ``embedder.backbones`` at its default input size, and "NAME@SIZE" for the sizes it takes."""
+    names = {}
+    for b in BACKBONES.values():
+        names[b.name] = b.dim
+        names |= {f"{b.name}@{s}": b.dim for s in b.sizes}
+    return names
 
 
 def input_size(embedder: str) -> int:
-    """The input size an embedder name stands for ("mobilenet_v2@96" -> 96)."""
+    """The input size an embedder name stands for ("mobilenet_v2@96" -> 96, "efficientnet_lite1" -> 240)."""
     _, _, size = embedder.partition("@")
-    return int(size) if size else 224
+    return int(size) if size else backbone_of(embedder).default_size
 
 
 _FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
@@ -165,16 +168,14 @@ def to_pixels(img: Image.Image, size: int = DEFAULT_SIZE) -> np.ndarray:
 
 
 class ImageNetwork:
-    """MobileNetV2's feature layers with the ImageNet weights, in this process."""
+    """A backbone's convolutional layers with its ImageNet weights, in this process (``embedder.backbones``;
+    MobileNetV2 unless named)."""
 
-    def __init__(self, weights: str) -> None:
-        net = torchvision.models.mobilenet_v2(weights=None)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        net.eval()
-        self.features = net.features
-        self.classifier = net.classifier
-        self._mean = torch.from_numpy(_MEAN).reshape(1, 3, 1, 1)
-        self._std = torch.from_numpy(_STD).reshape(1, 3, 1, 1)
+    def __init__(self, weights: str, backbone: str = IMAGE_MODEL) -> None:
+        spec = BACKBONES[backbone]
+        self.features, self.classifier = build(spec, weights)
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self._std = torch.tensor(spec.std, dtype=torch.float32).reshape(1, 3, 1, 1)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(m, 3, S, S) normalised float32 -> (m, 1280) features."""
@@ -193,14 +194,11 @@ class ImageNetwork:
 
 
 class ImageEmbedder:
-    """MobileNetV2 feature extractor. Thread-safe.
+    """Feature extractor of one backbone (MobileNetV2 unless named). Thread-safe.
 
     With ``processes`` > 0 the forwards run in that many worker processes (``ForwardPool``), each on
     ``threads`` torch threads; with 0 they run in this process, ``workers`` side by side (tools and tests).
     Requests of up to ``max_batch`` images share forwards through the ``DynamicBatcher``."""
-
-    model_name = IMAGE_MODEL
-    dim = IMAGE_DIM
 
     def __init__(
         self,
@@ -213,15 +211,24 @@ class ImageEmbedder:
         max_queue: int = 64,
         workers: int = 1,
         processes: int = 0,
+        backbone: str = IMAGE_MODEL,
         decode_budget: int = 0,
     ) -> None:
         torch.set_num_threads(threads)
+        spec = BACKBONES[backbone]
+        self.model_name = spec.name
+        self.dim = spec.dim
+        self.default_size = spec.default_size
         self.max_pixels = max_pixels
         self.pixel_budget = PixelBudget(decode_budget or max_pixels)
         self.batch_size = batch_size
-        weights = str(assets.mobilenet_v2_weights())
-        self.network = ImageNetwork(weights)
-        self.pool = ForwardPool(weights, processes=processes, threads=threads) if processes else None
+        weights = str(spec.weights())
+        self.network = ImageNetwork(weights, backbone)
+        self.pool = (
+            ForwardPool(weights, processes=processes, threads=threads, backbone=backbone)
+            if processes
+            else None
+        )
         self._forward_pixels = self.pool.forward if self.pool else self.network.forward_pixels
         self.workers = processes or workers
         self._bulk = ThreadPoolExecutor(self.workers, thread_name_prefix="embed-bulk")
@@ -235,8 +242,8 @@ class ImageEmbedder:
         )
 
     def classifier(self) -> tuple[np.ndarray, np.ndarray]:
-        """The ImageNet classifier on top of the features: weight (1000, 1280) and bias (1000,)."""
-        linear = self.network.classifier[-1]
+        """The ImageNet classifier on top of the features: weight (1000, dim) and bias (1000,)."""
+        linear = self.network.classifier
         return linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
 
     def _chunks(self, n: int) -> list[slice]:
@@ -260,7 +267,7 @@ class ImageEmbedder:
     def embed(
         self,
         images: Sequence[bytes],
-        size: int = DEFAULT_SIZE,
+        size: int | None = None,
         *,
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
@@ -269,7 +276,9 @@ class ImageEmbedder:
 
         Up to ``max_batch`` images share forwards with other callers' (``DynamicBatcher``): the call may
         raise ``QueueFull`` under overload, ``Expired`` once ``deadline`` (a ``time.monotonic()`` value)
-        passes and ``Cancelled`` when ``cancelled`` is set; bigger requests run as their own batches."""
+        passes and ``Cancelled`` when ``cancelled`` is set; bigger requests run as their own batches. The
+        input size is the backbone's own unless given."""
+        size = size or self.default_size
         crops = []
         for n, data in enumerate(images):
             try:

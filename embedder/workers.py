@@ -24,14 +24,14 @@ import numpy as np
 log = logging.getLogger("visionsearch.embedder")
 
 
-def _serve(conn: Connection, weights: str, threads: int) -> None:
+def _serve(conn: Connection, weights: str, threads: int, backbone: str) -> None:
     """The child's loop: crops in, features out; an exception is sent back as its text."""
     import torch  # already imported, with the network, by the fork server (embedder.preload)
 
     from embedder import preload
 
     torch.set_num_threads(threads)
-    net = preload.network(weights)
+    net = preload.network(weights, backbone)
     conn.send(("ready", None))
     while True:
         try:
@@ -47,9 +47,11 @@ def _serve(conn: Connection, weights: str, threads: int) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, weights: str, threads: int, n: int) -> None:
+    def __init__(self, ctx: Any, weights: str, threads: int, n: int, backbone: str) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, weights, threads), name=f"embed-{n}", daemon=True)
+        self.proc = ctx.Process(
+            target=_serve, args=(child, weights, threads, backbone), name=f"embed-{n}", daemon=True
+        )
         self.proc.start()
         child.close()
 
@@ -78,12 +80,20 @@ class _Worker:
 class ForwardPool:
     """``forward(pixels)`` on whichever worker process is idle; thread-safe, blocks while all are busy."""
 
-    def __init__(self, weights: str, *, processes: int, threads: int, start_timeout: float = 120) -> None:
+    def __init__(
+        self,
+        weights: str,
+        *,
+        processes: int,
+        threads: int,
+        start_timeout: float = 120,
+        backbone: str = "mobilenet_v2",
+    ) -> None:
         # A fork server that has imported torch and loaded the network (embedder.preload) forks the workers:
         # they share those pages instead of each holding its own copy.
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(["embedder.preload"])
-        self._weights, self._threads = weights, threads
+        self._weights, self._threads, self._backbone = weights, threads, backbone
         self._lock = threading.Lock()
         self._closed = False
         self._count = 0
@@ -99,7 +109,7 @@ class ForwardPool:
         with self._lock:
             self._count += 1
             n = self._count
-        return _Worker(self._ctx, self._weights, self._threads, n)
+        return _Worker(self._ctx, self._weights, self._threads, n, self._backbone)
 
     def forward(self, pixels: np.ndarray) -> np.ndarray:
         worker = self._idle.get()

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 from visionsearch_client import VisionSearchError
 
+from embedder.backbones import backbone_of
 from embedder.image import INPUT_SIZES, embedder_names, input_size
 from embedder.joint import JointSpace
 from ingest.pipeline import FORWARD_BATCH, cluster_cpus, embedded_batches, start_ray
@@ -105,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--milvus-token", default="", help="Milvus credentials, 'user:password' or an API key")
     ap.add_argument(
         "--embedder",
-        help="mobilenet_v2 (224 px) or mobilenet_v2@SIZE, SIZE in "
+        help="efficientnet_lite0/1/2, mobilenet_v2 (224 px) or mobilenet_v2@SIZE, SIZE in "
         f"{', '.join(map(str, INPUT_SIZES))}; a --collection's own embedder by default",
     )
     ap.add_argument(
@@ -162,13 +163,14 @@ def load_joint(name: str, data_dir: Path, embedder: str) -> JointSpace:
     from embedder.joint import JointRegistry
     from embedder.words import WordVectors
 
-    images = ImageEmbedder(threads=1, max_pixels=1)
+    backbone = backbone_of(embedder).name
+    images = ImageEmbedder(threads=1, max_pixels=1, backbone=backbone)
     try:
         registry = JointRegistry(
             images, WordVectors(), cache_dir=data_dir / "cache", threads=1, heads_dir=data_dir / "heads"
         )
         try:
-            space = registry.get(name)
+            space = registry.get(name, backbone)
         except KeyError:
             raise SinkError(
                 f"joint space {name!r} is unknown; use one of {sorted(registry.dims())}"
@@ -233,6 +235,7 @@ def run(args: argparse.Namespace) -> Summary:
             actors=summary.actors,
             batch_size=args.batch_size,
             forward_batch=args.forward_batch,
+            backbone=backbone_of(embedder).name,
         )
         bar = tqdm(total=len(todo), unit="img", desc="ingest", mininterval=1.0, file=sys.stderr)
         try:

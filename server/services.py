@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.backbones import backbone_of
 from embedder.image import ImageEmbedder, embedder_names
 from embedder.joint import JointRegistry, JointSpace
 from embedder.naming import unknown_joint
@@ -21,6 +22,7 @@ from server.config import Config
 from server.cursors import Cursors
 from server.errors import Error, fail
 from server.health import CollectionHealth
+from server.hybrid import LexicalIndexes
 from server.storage import CollectionStore
 from server.storage.milvus import MilvusBackend
 
@@ -35,9 +37,12 @@ class Services:
     words: WordVectors
     word_index: ExactIndex
     joints: JointRegistry
+    _embedders: dict[str, ImageEmbedder] = field(default_factory=dict)
+    _embedders_lock: threading.Lock = field(default_factory=threading.Lock)
     # Set by create_server once the health service exists.
     collection_health: CollectionHealth | None = None
     cursors: Cursors = field(init=False)
+    lexical: LexicalIndexes = field(default_factory=LexicalIndexes)
     _vocab_indexes: dict[str, tuple[list[str], ExactIndex]] = field(default_factory=dict)
     _vocab_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -47,16 +52,7 @@ class Services:
     @classmethod
     def start(cls, config: Config) -> Services:
         t0 = time.perf_counter()
-        images = ImageEmbedder(
-            threads=config.torch_threads,
-            max_pixels=config.max_pixels,
-            decode_budget=config.max_decoding_pixels,
-            max_batch=config.embed_max_batch,
-            max_wait_s=config.embed_max_wait_ms / 1000,
-            max_queue=config.embed_queue,
-            processes=config.embed_processes,
-            workers=os.cpu_count() or 1,
-        )
+        images = _image_embedder(config, config.backbone)
         words = WordVectors()
         word_index = ExactIndex(words.dim, capacity=len(words.words))
         word_index.add(l2_normalize(words.vocabulary_matrix()))
@@ -76,9 +72,22 @@ class Services:
         scores, rows = self.word_index.search(l2_normalize(vector[None, :]), k)
         return [(self.words.words[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True)]
 
-    def joint(self, name: str) -> JointSpace:
+    def image_embedder(self, embedder: str) -> ImageEmbedder:
+        """The image embedder an embedder name needs ("efficientnet_lite1", "mobilenet_v2@96"): the server's
+        own for its backbone, another started on first use (its own worker processes)."""
+        backbone = backbone_of(embedder).name
+        if backbone == self.images.model_name:
+            return self.images
+        with self._embedders_lock:
+            if backbone not in self._embedders:
+                log.info("starting the %s image embedder", backbone)
+                self._embedders[backbone] = _image_embedder(self.config, backbone)
+            return self._embedders[backbone]
+
+    def joint(self, name: str, embedder: str = "") -> JointSpace:
+        """The joint space ``name`` over the features of ``embedder`` (default: the server's backbone)."""
         try:
-            return self.joints.get(name)
+            return self.joints.get(name, backbone_of(embedder).name if embedder else None)
         except KeyError:
             fail(Error.BAD_REQUEST, unknown_joint(name, self.joints.dims()))
 
@@ -109,6 +118,24 @@ class Services:
 
     def close(self) -> None:
         self.store.close()
+        with self._embedders_lock:
+            for e in self._embedders.values():
+                e.close()
+            self._embedders.clear()
+
+
+def _image_embedder(config: Config, backbone: str) -> ImageEmbedder:
+    return ImageEmbedder(
+        threads=config.torch_threads,
+        max_pixels=config.max_pixels,
+        decode_budget=config.max_decoding_pixels,
+        max_batch=config.embed_max_batch,
+        max_wait_s=config.embed_max_wait_ms / 1000,
+        max_queue=config.embed_queue,
+        processes=config.embed_processes,
+        workers=os.cpu_count() or 1,
+        backbone=backbone,
+    )
 
 
 def open_store(config: Config, images: ImageEmbedder, joints: JointRegistry) -> CollectionStore:

@@ -35,3 +35,13 @@ def test_config_is_frozen() -> None:
     c = Config()
     with pytest.raises(AttributeError):
         c.workers = 2  # type: ignore[misc]
+
+
+def test_backbone_names_are_the_embedders() -> None:
+    from embedder.backbones import BACKBONES
+    from server.config import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+    assert Config.load(["--backbone", "mobilenet_v2"], env={}).backbone == "mobilenet_v2"
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        Config.load(["--backbone", "resnet50"], env={})

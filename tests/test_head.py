@@ -13,20 +13,12 @@ import torch
 from safetensors.torch import save_file
 from visionsearch_client import Client, Item
 
-from embedder.head import (
-    DeviseHead,
-    HeadMeta,
-    HeadMismatch,
-    TrainConfig,
-    load_head,
-    read_meta,
-    save_head,
-    train_head,
-)
-from embedder.train import main as train_main
+from embedder.head import DeviseHead, HeadMeta, HeadMismatch, load_head, read_meta, save_head
 from server.app import Running
 from tests.conftest import LION
 from tests.test_bad_input import refused
+from training.devise import TrainConfig, train_head
+from training.train import main as train_main
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 
@@ -136,6 +128,14 @@ def test_a_trained_head_is_served_per_collection(
     assert {h.id for h in hits} == {"banana", "pineapple"}
     tags = client.tag(LION.read_bytes(), k=2, vocabulary=["cat", "fruit"], joint="head:pets")
     assert tags[0].word == "cat"
+
+    # The same head mixed with ConSE in its text space (training/heads_eval.py measures what the mix gains).
+    mixed = client.create_collection(
+        fresh_name[:56] + "_mix", embedder="mobilenet_v2@64", joint="head+conse:pets"
+    )
+    assert (mixed.joint, mixed.joint_dim) == ("head+conse:pets", 300)
+    client.upsert(mixed.name, [Item(n, image=(STAMPS / p).read_bytes()) for n, p in photos.items()])
+    assert {h.id for h in client.search(mixed.name, words=["fruit"], k=2)} == {"banana", "pineapple"}
 
 
 def test_mismatched_heads_are_refused(server: Running, client: Client, fresh_name: str) -> None:

@@ -95,8 +95,9 @@ def test_vectors_equal_the_servers_embed(
 ) -> None:
     csv_path, paths = tux_csv
     address = f"127.0.0.1:{server.port}"
+    # The server's own backbone, so that its Embed is the reference (the job builds the same network).
     s = ingest(str(csv_path), "--server", address, "--collection", fresh_name, "--create",
-               "--embedder", "mobilenet_v2", "--joint", "conse:spacy", "--actors", "2")  # fmt: skip
+               "--embedder", "efficientnet_lite1", "--joint", "conse:spacy", "--actors", "2")  # fmt: skip
     assert (s.written, s.skipped, s.failures, s.actors) == (len(paths), 0, [], 2)
     assert client.count(fresh_name) == len(paths)
     stored = {i.id: i for i in client.get_items(fresh_name, paths, with_vector=True)}
@@ -107,12 +108,13 @@ def test_vectors_equal_the_servers_embed(
     assert lion.payload["source"] == str(LION)
 
     # The same photos to Parquet, with the joint vectors computed by the job itself.
-    p = ingest(str(csv_path), "--parquet", str(tmp_path / "pq"), "--joint", "conse:spacy", "--actors", "2")
+    p = ingest(str(csv_path), "--parquet", str(tmp_path / "pq"), "--joint", "conse:spacy", "--actors", "2",
+               "--embedder", "efficientnet_lite1")  # fmt: skip
     assert (p.written, p.failures) == (len(paths), [])
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "pq").to_pylist()}
     assert set(rows) == set(paths)
     for path in paths:
-        embedded = client.embed_image(Path(path).read_bytes())  # the server's Embed, 224 px
+        embedded = client.embed_image(Path(path).read_bytes())  # the server's Embed, 240 px
         # Raw features in Parquet, unit ones in a cosine collection; float noise only (batch shapes differ).
         np.testing.assert_allclose(rows[path]["vector"], embedded, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(stored[path].vector, unit(embedded), atol=1e-6)

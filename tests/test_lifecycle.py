@@ -43,7 +43,7 @@ def test_reflection_describes_the_api(server: Running) -> None:
         assert "grpc.health.v1.Health" in services
         pool = DescriptorPool(db)
         search = pool.FindServiceByName("visionsearch.v1.SearchService")
-        assert {m.name for m in search.methods} == {"Search", "NearestWords"}
+        assert {m.name for m in search.methods} == {"Search", "SearchBatch", "Recommend", "NearestWords"}
         assert pool.FindMessageTypeByName("visionsearch.v1.Vector").fields_by_name["f32"].type == 12  # bytes
 
 

@@ -257,12 +257,18 @@ def test_update_collection_changes_only_what_the_mask_names(small_server: tuple[
     assert c.get_collection("u").index == "hnsw"
 
 
-def test_joint_space_vector_queries_take_joint_width_vectors(client: Client) -> None:
+def test_joint_space_vector_queries_take_joint_width_vectors(client: Client, fresh_name: str) -> None:
+    # A conse:spacy collection: Embed's word vectors are its text space (the default collection's is MiniLM).
+    stamps = Path("/usr/share/tuxpaint/stamps")
+    client.create_collection(fresh_name, embedder="efficientnet_lite1", joint="conse:spacy")
+    photos = ["animals/mammals/cats/lion.png", "animals/mammals/cats/tiger.png", "food/fruit/banana.png",
+              "household/kettle.png", "animals/birds/ostrich.png", "food/fruit/pear.png"]  # fmt: skip
+    client.upsert(fresh_name, [Item(p, image=(stamps / p).read_bytes()) for p in photos])
     word = client.embed_word("lion")  # 300-d, the width of conse:spacy
-    by_word = client.search("default", words=["lion"], k=5)
-    by_vector = client.search("default", vector=word, space="joint", k=5)
+    by_word = client.search(fresh_name, words=["lion"], k=5)
+    by_vector = client.search(fresh_name, vector=word, space="joint", k=5)
     assert [h.id for h in by_vector] == [h.id for h in by_word]
-    refused(lambda: client.search("default", vector=np.ones(7), space="joint", k=5), INVALID, "takes 300-d")
+    refused(lambda: client.search(fresh_name, vector=np.ones(7), space="joint", k=5), INVALID, "takes 300-d")
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,8 @@ def test_clothing_photo_finds_clothing(client: Client) -> None:
 
 def test_default_collection_holds_both_sets(client: Client) -> None:
     info = client.get_collection("default")
-    assert info.dim == 1280 and info.embedder == "mobilenet_v2" and info.metric == "cosine"
+    assert info.dim == 1280 and info.embedder == "efficientnet_lite1" and info.metric == "cosine"
+    assert info.joint == "conse:minilm"
     assert info.count >= 400 + TEST_FASHION_SAMPLE
 
 

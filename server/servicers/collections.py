@@ -8,7 +8,7 @@ import numpy as np
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
-from embedder.image import input_size
+from embedder.image import embedder_names, input_size
 from kernels.hnsw import HNSW_DEFAULTS
 from server.errors import Error, fail, quote, rpc_method
 from server.filters import (
@@ -112,15 +112,15 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             backend=cfg.backend or "local",
             vector_dtype=cfg.vector_dtype or "f32",
         )
-        if cfg.joint.startswith("head:") and cfg.embedder:
+        if cfg.joint.startswith(("head:", "head+conse:")) and cfg.embedder in embedder_names():
             # A head maps features of one input size; the collection must embed its images at that size.
-            head = self.s.joint(cfg.joint)
+            head = self.s.joint(cfg.joint, cfg.embedder)
             if head.input_size != input_size(cfg.embedder):
                 fail(
                     Error.PRECONDITION,
                     f"head {quote(cfg.joint)} was trained on {head.input_size} px features but embedder "
                     f"{quote(cfg.embedder)} embeds at {input_size(cfg.embedder)} px: "
-                    f"use embedder 'mobilenet_v2@{head.input_size}'",
+                    f"use embedder '{cfg.embedder.partition('@')[0]}@{head.input_size}'",
                 )
         info = collection_info(self.s.store.create(settings))
         if self.s.collection_health is not None:
@@ -243,11 +243,13 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
                 )
             b = call_budget(context, "embedding the items' images")
             with span("embed"):
-                vectors[image_slots] = self.s.images.embed(
+                vectors[image_slots] = self.s.image_embedder(c.settings.embedder).embed(
                     images, size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
                 )
         prepared = c.prepare_vectors(vectors, "an item's vector")
-        joint = c.prepare_joint(self.s.joint(c.settings.joint).project(vectors)) if c.settings.joint else None
+        joint = None
+        if c.settings.joint:
+            joint = c.prepare_joint(self.s.joint(c.settings.joint, c.settings.embedder).project(vectors))
         with span("write"):
             upserted = c.upsert([i.id for i in request.items], prepared, payloads, joint)
         return pb.UpsertResponse(upserted=upserted, count=len(c))

@@ -12,6 +12,7 @@ from embedder.image import input_size
 from kernels import has_nonfinite
 from server.errors import Error, fail, quote, rpc_method
 from server.filters import split_payload
+from server.hybrid import HybridOptions, check_options, depth, fuse
 from server.limits import (
     MAX_BATCH_SEARCHES,
     MAX_IDS,
@@ -23,7 +24,7 @@ from server.limits import (
 )
 from server.servicers.common import call_budget, request_filter
 from server.services import Services
-from server.storage import AnyCollection
+from server.storage import AnyCollection, Collection
 from server.storage.collection import Hit, payload_bytes
 from server.tracing import span
 from server.wire import MAX_EFFORT, check_k, vector_from_pb, vector_to_pb
@@ -154,6 +155,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         which = request.WhichOneof("query")
         joint = self._space(c, request.space, which) == pb.SPACE_JOINT
+        if request.HasField("hybrid") and which != "text":
+            fail(
+                Error.BAD_REQUEST,
+                f"{at}hybrid needs a text query: send `text` (words or a sentence) with it, or drop `hybrid`",
+            )
         if which is None:
             fail(Error.BAD_REQUEST, f"{at}SearchRequest has no query: set `vector`, `image`, `id` or `text`")
         return k, joint, which
@@ -162,6 +168,16 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self, c: AnyCollection, request: pb.SearchRequest, context: grpc.ServicerContext
     ) -> pb.SearchResponse:
         k, joint, which = self._check(c, request)
+        hybrid: HybridOptions | None = None
+        if request.HasField("hybrid"):
+            opts = request.hybrid
+            hybrid = check_options(list(opts.text_fields), opts.rrf_k, opts.lexical_weight)
+            if not isinstance(c, Collection):
+                fail(
+                    Error.PRECONDITION,
+                    f"hybrid search scores payload text this server holds: collection {c.name!r} is kept in "
+                    "Milvus; search it without `hybrid`, or keep the collection on the local backend",
+                )
         notes: list[str] = []
         exclude = request.id if which == "id" else None  # "more like this": not its own neighbour
         with span("embed" if which in ("image", "text") else "decode"):
@@ -169,10 +185,14 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         where = request_filter(c, request)
         effort = min(request.effort, c.max_effort())
         with span("search"):
-            wanted = k + (exclude is not None)
+            wanted = depth(k) if hybrid else k + (exclude is not None)
             hits = c.search(
                 query, wanted, joint=joint, effort=effort, exact=request.exact, filter=where, notes=notes
             )[0]
+            if hybrid is not None and isinstance(c, Collection):
+                entry = self.s.lexical.get(c, hybrid.fields)
+                allowed = c.filter_rows(where) if where is not None else None
+                hits = fuse(hits, entry, _query_text(request.text), hybrid, depth(k), c, allowed)
         with span("encode"):
             return self._response(c, request, self._finish(hits, k, exclude, request), joint, notes)
 
@@ -254,7 +274,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 f"collection {c.name!r} has no image embedder: query it with a vector or an item id",
             )
         b = call_budget(context, "embedding the query image")
-        return self.s.images.embed(
+        return self.s.image_embedder(c.settings.embedder).embed(
             [image], size=input_size(c.settings.embedder), deadline=b.deadline, cancelled=b.cancelled
         )
 
@@ -268,7 +288,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         if has_nonfinite(features):
             fail(Error.BAD_REQUEST, f"{what} contains NaN or Inf")
-        return c.prepare_joint(self.s.joint(c.settings.joint).project(features))
+        return c.prepare_joint(self.s.joint(c.settings.joint, c.settings.embedder).project(features))
 
     def _text_query(self, c: AnyCollection, text: pb.TextQuery, notes: list[str]) -> np.ndarray:
         space = self.s.joint(c.settings.joint).text
@@ -315,3 +335,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         for word, score in self.s.nearest_words(vec, k):
             resp.hits.add(word=word, score=score, distance=max(0.0, 1.0 - score))
         return resp
+
+
+def _query_text(text: pb.TextQuery) -> str:
+    return text.sentence if text.WhichOneof("text") == "sentence" else " ".join(text.words.words)

@@ -291,6 +291,7 @@ class Collection(VectorSpaces):
         self.last_snapshot_time = time.time()
         data = recovered.data
         self._rows: dict[str, int] = {}
+        self._changes = 0  # records applied since opening: the version of the collection's items
         self._view = self._build_view(data.ids, data.payloads, data.vectors, data.joint)
         if recovered.manifest.generation:
             self._view.ann.restore(folder, recovered.manifest, self._view.index)
@@ -449,6 +450,17 @@ class Collection(VectorSpaces):
             [Hit(view.row_ids[r], float(s), view.payloads[r], int(r)) for s, r in zip(qs, qr, strict=True)]
             for qs, qr in zip(scores, rows, strict=True)
         ]
+
+    def text_version(self) -> int:
+        """Changes whenever an item is added, replaced or deleted (caches of payload text compare it)."""
+        return self._changes
+
+    def live_items(self) -> tuple[int, list[str], list[dict[str, Any]]]:
+        """``text_version()`` with the ids and payloads of the items in the collection at that version."""
+        with self._lock:
+            view = self._view
+            live = view.index.live_rows()
+            return self._changes, [view.row_ids[r] for r in live], [view.payloads[r] for r in live]
 
     def scroll(
         self, after: str | None, limit: int, filter: Node | None, with_vectors: bool
@@ -689,6 +701,7 @@ class Collection(VectorSpaces):
         return _View(index, joint_index, ann, list(ids), list(payloads), filters, SortedList(ids))
 
     def _apply(self, record: dict[str, Any]) -> None:
+        self._changes += 1
         view = self._view
         if record["op"] == "upsert":
             ids = record["ids"]

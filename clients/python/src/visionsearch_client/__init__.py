@@ -4,8 +4,10 @@ from visionsearch_client._convert import (
     CollectionInfo,
     Hit,
     Hits,
+    Hybrid,
     Item,
     StoredItem,
+    Tags,
     VisionSearchError,
     WordHit,
 )
@@ -18,8 +20,10 @@ __all__ = [
     "CollectionInfo",
     "Hit",
     "Hits",
+    "Hybrid",
     "Item",
     "StoredItem",
+    "Tags",
     "VisionSearchError",
     "WordHit",
 ]

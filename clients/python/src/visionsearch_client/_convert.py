@@ -85,6 +85,26 @@ class WordHit:
     distance: float
 
 
+class Tags(list[WordHit]):
+    """Tags, best first, plus the ``mode`` used ("hierarchy" or "nearest_words") and ``unscored``: words of
+    the vocabulary that the hierarchy cannot score."""
+
+    def __init__(self, tags: Iterable[WordHit], mode: str = "", unscored: Iterable[str] = ()) -> None:
+        super().__init__(tags)
+        self.mode = mode
+        self.unscored = list(unscored)
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """Hybrid search options: BM25 over these payload fields, fused with the dense ranking by reciprocal rank
+    fusion (``rrf_k`` 0 means 60; ``lexical_weight`` 0 means 1, the dense ranking's weight)."""
+
+    text_fields: Sequence[str]
+    rrf_k: int = 0
+    lexical_weight: float = 0.0
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     name: str
@@ -153,6 +173,12 @@ def from_vector(v: pb.Vector) -> np.ndarray:
 
 STATES = {pb.COLLECTION_STATE_READY: "ready", pb.COLLECTION_STATE_DAMAGED: "damaged"}
 SPACES = {None: pb.SPACE_UNSPECIFIED, "image": pb.SPACE_IMAGE, "joint": pb.SPACE_JOINT}
+TAG_MODES = {
+    None: pb.TAG_MODE_UNSPECIFIED,
+    "hierarchy": pb.TAG_MODE_HIERARCHY,
+    "nearest_words": pb.TAG_MODE_NEAREST_WORDS,
+}
+TAG_MODE_NAMES = {v: k or "" for k, v in TAG_MODES.items()}
 
 
 def search_request(
@@ -171,6 +197,7 @@ def search_request(
     effort: int = 0,
     filter: pb.Filter | None = None,
     score_threshold: float | None = None,
+    hybrid: Hybrid | Sequence[str] | None = None,
 ) -> pb.SearchRequest:
     given = [x is not None for x in (vector, image, id, words, sentence)]
     if sum(given) != 1:
@@ -202,6 +229,15 @@ def search_request(
         req.text.sentence = sentence
     else:
         req.id = id or ""
+    if hybrid is not None:
+        if isinstance(hybrid, str):
+            raise TypeError("hybrid= takes a list of payload field names, e.g. ['label', 'caption']")
+        opts = hybrid if isinstance(hybrid, Hybrid) else Hybrid(list(hybrid))
+        req.hybrid.CopyFrom(
+            pb.HybridOptions(
+                text_fields=list(opts.text_fields), rrf_k=opts.rrf_k, lexical_weight=opts.lexical_weight
+            )
+        )
     return req
 
 
@@ -266,8 +302,28 @@ def payload_index_list(indexes: Mapping[str, str] | None) -> list[pb.PayloadInde
     return out
 
 
-def tag_request(image: bytes, k: int, vocabulary: Sequence[str] | None, joint: str) -> pb.TagRequest:
-    return pb.TagRequest(image=image, k=k, vocabulary=list(vocabulary or ()), joint=joint)
+def tag_request(
+    image: bytes,
+    k: int,
+    vocabulary: Sequence[str] | None,
+    joint: str,
+    min_score: float = 0.0,
+    mode: str | None = None,
+) -> pb.TagRequest:
+    if mode not in TAG_MODES:
+        raise ValueError("mode must be None, 'hierarchy' or 'nearest_words'")
+    return pb.TagRequest(
+        image=image,
+        k=k,
+        vocabulary=list(vocabulary or ()),
+        joint=joint,
+        min_score=min_score,
+        mode=TAG_MODES[mode],
+    )
+
+
+def tags(resp: pb.TagResponse) -> Tags:
+    return Tags(word_hits(resp.tags), TAG_MODE_NAMES.get(resp.mode, ""), resp.unscored)
 
 
 def hits(resp: pb.SearchResponse) -> Hits:

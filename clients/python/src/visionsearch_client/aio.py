@@ -14,7 +14,16 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from visionsearch_client import _convert as cv
 from visionsearch_client._channel import PemSource, aio_channel, channel_options, credentials
-from visionsearch_client._convert import CollectionInfo, Hits, Item, StoredItem, VisionSearchError, WordHit
+from visionsearch_client._convert import (
+    CollectionInfo,
+    Hits,
+    Hybrid,
+    Item,
+    StoredItem,
+    Tags,
+    VisionSearchError,
+    WordHit,
+)
 from visionsearch_client.client import DEFAULT_MAX_MESSAGE
 
 
@@ -93,11 +102,14 @@ class AsyncClient:
         effort: int = 0,
         with_payload: bool = True,
         with_vector: bool = False,
+        hybrid: Hybrid | Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> Hits:
         """Nearest items to one query: a vector, an image, a stored item's id, words or a sentence.
         ``space`` is "image" or "joint" (default: joint for words and sentences, image otherwise);
-        the returned list's ``notes`` say what the server did with the query (e.g. skipped words)."""
+        the returned list's ``notes`` say what the server did with the query (e.g. skipped words).
+        ``hybrid`` (text queries): payload field names, or ``Hybrid`` options, whose text BM25 scores and
+        reciprocal rank fusion merges with the dense ranking."""
         req = cv.search_request(
             collection,
             vector=vector,
@@ -111,6 +123,7 @@ class AsyncClient:
             effort=effort,
             with_payload=with_payload,
             with_vector=with_vector,
+            hybrid=hybrid,
         )
         return cv.hits(await self._call(self._search.Search, req, timeout))
 
@@ -124,12 +137,15 @@ class AsyncClient:
         k: int = 10,
         vocabulary: Sequence[str] | None = None,
         joint: str = "",
+        min_score: float = 0.0,
+        mode: str | None = None,
         timeout: float | None = None,
-    ) -> list[WordHit]:
+    ) -> Tags:
         """Words describing an image: from ``vocabulary`` or the whole word list, in ``joint`` space
-        (default conse:spacy)."""
-        req = cv.tag_request(image, k, vocabulary, joint)
-        return cv.word_hits((await self._call(self._tag.Tag, req, timeout)).tags)
+        (default conse:spacy). ``mode`` "hierarchy" (the default for ConSE spaces: the specific word and its
+        WordNet hypernyms) or "nearest_words"; only tags scoring at least ``min_score`` come back."""
+        req = cv.tag_request(image, k, vocabulary, joint, min_score, mode)
+        return cv.tags(await self._call(self._tag.Tag, req, timeout))
 
     async def create_collection(
         self,

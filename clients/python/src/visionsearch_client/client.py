@@ -15,7 +15,16 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from visionsearch_client import _convert as cv
 from visionsearch_client._channel import PemSource, channel_options, credentials, sync_channel
-from visionsearch_client._convert import CollectionInfo, Hits, Item, StoredItem, VisionSearchError, WordHit
+from visionsearch_client._convert import (
+    CollectionInfo,
+    Hits,
+    Hybrid,
+    Item,
+    StoredItem,
+    Tags,
+    VisionSearchError,
+    WordHit,
+)
 
 T = TypeVar("T")
 
@@ -109,12 +118,15 @@ class Client:
         with_vector: bool = False,
         filter: pb.Filter | None = None,
         score_threshold: float | None = None,
+        hybrid: Hybrid | Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> Hits:
         """Nearest items to one query: a vector, an image, a stored item's id, words or a sentence.
         ``space`` is "image" or "joint" (default: joint for words and sentences, image otherwise);
         ``filter`` (see ``visionsearch_client.filters``) keeps only the items that pass; the returned list's
-        ``notes`` say what the server did with the query (skipped words, the filter's plan)."""
+        ``notes`` say what the server did with the query (skipped words, the filter's plan). ``hybrid``
+        (text queries): payload field names, or ``Hybrid`` options, whose text BM25 scores and reciprocal
+        rank fusion merges with the dense ranking."""
         req = cv.search_request(
             collection,
             vector=vector,
@@ -130,6 +142,7 @@ class Client:
             with_vector=with_vector,
             filter=filter,
             score_threshold=score_threshold,
+            hybrid=hybrid,
         )
         return cv.hits(self._call(self._search.Search, req, timeout))
 
@@ -171,12 +184,15 @@ class Client:
         k: int = 10,
         vocabulary: Sequence[str] | None = None,
         joint: str = "",
+        min_score: float = 0.0,
+        mode: str | None = None,
         timeout: float | None = None,
-    ) -> list[WordHit]:
+    ) -> Tags:
         """Words describing an image: from ``vocabulary`` or the whole word list, in ``joint`` space
-        (default conse:spacy)."""
-        req = cv.tag_request(image, k, vocabulary, joint)
-        return cv.word_hits((self._call(self._tag.Tag, req, timeout)).tags)
+        (default conse:spacy). ``mode`` "hierarchy" (the default for ConSE spaces: the specific word and its
+        WordNet hypernyms) or "nearest_words"; only tags scoring at least ``min_score`` come back."""
+        req = cv.tag_request(image, k, vocabulary, joint, min_score, mode)
+        return cv.tags(self._call(self._tag.Tag, req, timeout))
 
     # ---------------------------------------------------------------- collections
 

@@ -160,6 +160,41 @@ SPACE_JOINT: Space.ValueType  # 2
 """The joint image-word space: semantic similarity (needs a collection with `joint` set)."""
 Global___Space: _TypeAlias = Space  # noqa: Y015
 
+class _TagMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TagModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TagMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TAG_MODE_UNSPECIFIED: _TagMode.ValueType  # 0
+    """TAG_MODE_HIERARCHY for ConSE joint spaces, TAG_MODE_NEAREST_WORDS for trained heads."""
+    TAG_MODE_HIERARCHY: _TagMode.ValueType  # 1
+    """The image's ImageNet class probabilities added up under every WordNet synset above the classes, each
+    synset scored by that mass times its specificity (1 for a class, less for a broader synset): the specific
+    word and its useful hypernyms ("lion", "big cat", "feline"), never an abstract one ("entity", "object").
+    Tags are WordNet nouns, possibly of two words; score in [0, 1]. With a vocabulary, only its words that
+    name a class or a hypernym of one are scored (in any form: "lions" names lion); the others are listed
+    in TagResponse.unscored. The vocabulary's words need not be in the joint space's text vocabulary.
+    """
+    TAG_MODE_NEAREST_WORDS: _TagMode.ValueType  # 2
+    """The words of the text vocabulary (or of `vocabulary`) nearest to the image's joint vector by cosine."""
+
+class TagMode(_TagMode, metaclass=_TagModeEnumTypeWrapper): ...
+
+TAG_MODE_UNSPECIFIED: TagMode.ValueType  # 0
+"""TAG_MODE_HIERARCHY for ConSE joint spaces, TAG_MODE_NEAREST_WORDS for trained heads."""
+TAG_MODE_HIERARCHY: TagMode.ValueType  # 1
+"""The image's ImageNet class probabilities added up under every WordNet synset above the classes, each
+synset scored by that mass times its specificity (1 for a class, less for a broader synset): the specific
+word and its useful hypernyms ("lion", "big cat", "feline"), never an abstract one ("entity", "object").
+Tags are WordNet nouns, possibly of two words; score in [0, 1]. With a vocabulary, only its words that
+name a class or a hypernym of one are scored (in any form: "lions" names lion); the others are listed
+in TagResponse.unscored. The vocabulary's words need not be in the joint space's text vocabulary.
+"""
+TAG_MODE_NEAREST_WORDS: TagMode.ValueType  # 2
+"""The words of the text vocabulary (or of `vocabulary`) nearest to the image's joint vector by cosine."""
+Global___TagMode: _TypeAlias = TagMode  # noqa: Y015
+
 class _CollectionState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -658,6 +693,7 @@ class SearchRequest(_message.Message):
     EFFORT_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     SCORE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    HYBRID_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     image: _builtins.bytes
     """An image; embedded with the collection's embedder."""
@@ -692,6 +728,14 @@ class SearchRequest(_message.Message):
         widened, or the passing items are scanned exactly); `notes` names the plan.
         """
 
+    @_builtins.property
+    def hybrid(self) -> Global___HybridOptions:
+        """Hybrid search: also score the text of named payload fields with BM25 and fuse that ranking with the dense
+        joint-space one. Text queries only (a vector, image or id query with `hybrid` set: INVALID_ARGUMENT).
+        Hit.score is then the fused score (see HybridOptions), and Hit.distance 1 - score; `filter` applies to both
+        rankings and `score_threshold` to the fused score. A collection stored in Milvus: FAILED_PRECONDITION.
+        """
+
     def __init__(
         self,
         *,
@@ -708,10 +752,11 @@ class SearchRequest(_message.Message):
         effort: _builtins.int = ...,
         filter: Global___Filter | None = ...,
         score_threshold: _builtins.float | None = ...,
+        hybrid: Global___HybridOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "filter", b"filter", "id", b"id", "image", b"image", "query", b"query", "score_threshold", b"score_threshold", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "filter", b"filter", "hybrid", b"hybrid", "id", b"id", "image", b"image", "query", b"query", "score_threshold", b"score_threshold", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "collection", b"collection", "effort", b"effort", "exact", b"exact", "filter", b"filter", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "score_threshold", b"score_threshold", "space", b"space", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold", "collection", b"collection", "effort", b"effort", "exact", b"exact", "filter", b"filter", "hybrid", b"hybrid", "id", b"id", "image", b"image", "k", b"k", "query", b"query", "score_threshold", b"score_threshold", "space", b"space", "text", b"text", "vector", b"vector", "with_payload", b"with_payload", "with_vector", b"with_vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__score_threshold: _TypeAlias = _typing.Literal["score_threshold"]  # noqa: Y015
     _WhichOneofArgType__score_threshold: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold"]  # noqa: Y015
@@ -723,6 +768,48 @@ class SearchRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
+
+@_typing.final
+class HybridOptions(_message.Message):
+    """Lexical scoring of payload text fused with the dense ranking by reciprocal rank fusion (Cormack et al.,
+    2009): an item scores the sum, over the rankings it appears in, of weight / (rrf_k + rank), rank from 1.
+    Each ranking contributes its best max(100, 4 * k) items. BM25 (Lucene's variant, k1 = 1.5, b = 0.75) runs
+    over the fields' text joined, lower-cased, English stop words removed, Snowball-stemmed ("lions" finds
+    "Lions live in Africa."); the index is built on the first hybrid query and rebuilt after the collection
+    changes. The default collection's payloads carry "label" (the photo's name) and "caption".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELDS_FIELD_NUMBER: _builtins.int
+    RRF_K_FIELD_NUMBER: _builtins.int
+    LEXICAL_WEIGHT_FIELD_NUMBER: _builtins.int
+    rrf_k: _builtins.int
+    """The fusion constant; 0 means 60. 1..10000 (INVALID_ARGUMENT otherwise)."""
+    lexical_weight: _builtins.float
+    """Weight of the lexical ranking, the dense ranking weighing 1; 0 means 1. At most 100; negative or NaN:
+    INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def text_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Payload fields whose text is scored, e.g. ["label", "caption"]: 1-16 names of 1-64 characters
+        (INVALID_ARGUMENT names `hybrid.text_fields` otherwise). An item without a field counts it as empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        text_fields: _abc.Iterable[_builtins.str] | None = ...,
+        rrf_k: _builtins.int = ...,
+        lexical_weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lexical_weight", b"lexical_weight", "rrf_k", b"rrf_k", "text_fields", b"text_fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HybridOptions: _TypeAlias = HybridOptions  # noqa: Y015
 
 @_typing.final
 class Hit(_message.Message):
@@ -777,7 +864,7 @@ class Hit(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     score: _builtins.float
-    """Similarity under the collection's metric; higher is closer."""
+    """Similarity under the collection's metric; higher is closer. For a hybrid search, the fused score."""
     distance: _builtins.float
     """For cosine collections, 1 - score."""
     @_builtins.property
@@ -1029,18 +1116,29 @@ class TagRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     VOCABULARY_FIELD_NUMBER: _builtins.int
     JOINT_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
     """An encoded image."""
     k: _builtins.int
     """1 <= k <= the server's cap."""
     joint: _builtins.str
     """The joint space to tag in: "conse:spacy" (default, no training: ConSE over spaCy word vectors),
-    "conse:minilm", or "head:NAME" for a trained DeViSE head.
+    "conse:minilm", "head:NAME" for a trained DeViSE head or "head+conse:NAME". The image is embedded with
+    the server's backbone (--backbone) for ConSE, with the backbone a head was trained on for heads.
     """
+    min_score: _builtins.float
+    """Only tags scoring at least this, in [0, 1]; 0 sets no floor (fewer than k tags may come back).
+    Negative, above 1 or NaN: INVALID_ARGUMENT naming `min_score`.
+    """
+    mode: Global___TagMode.ValueType
+    """How tags are chosen (an unknown value: INVALID_ARGUMENT naming `mode`)."""
     @_builtins.property
     def vocabulary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The words to choose from. Empty: the whole vocabulary (lower-case alphabetic words of the word-vector
-        table). Every word must be known to the joint space's text encoder (INVALID_ARGUMENT names the rest).
+        """The words to choose from, e.g. the nouns of your own catalogue. Empty: the whole vocabulary (WordNet
+        nouns above the ImageNet classes for TAG_MODE_HIERARCHY; the lower-case alphabetic words of the
+        word-vector table for TAG_MODE_NEAREST_WORDS). Every word must be known to the joint space's text encoder,
+        or for TAG_MODE_HIERARCHY name a class or hypernym ("big cat"); INVALID_ARGUMENT names the rest.
         """
 
     def __init__(
@@ -1050,10 +1148,12 @@ class TagRequest(_message.Message):
         k: _builtins.int = ...,
         vocabulary: _abc.Iterable[_builtins.str] | None = ...,
         joint: _builtins.str = ...,
+        min_score: _builtins.float = ...,
+        mode: Global___TagMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "joint", b"joint", "k", b"k", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "joint", b"joint", "k", b"k", "min_score", b"min_score", "mode", b"mode", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1065,21 +1165,35 @@ class TagResponse(_message.Message):
 
     TAGS_FIELD_NUMBER: _builtins.int
     JOINT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    UNSCORED_FIELD_NUMBER: _builtins.int
     joint: _builtins.str
     """The joint space used."""
+    mode: Global___TagMode.ValueType
+    """The mode used."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordHit]:
-        """Best first; score is the cosine similarity between the image's joint vector and the word's."""
+        """Best first. No two are forms of one word ("lion" and "lions": the better one is kept). Score: see TagMode
+        (cosine similarity between the image's joint vector and the word's for TAG_MODE_NEAREST_WORDS).
+        """
+
+    @_builtins.property
+    def unscored(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Words of the request's vocabulary that TAG_MODE_HIERARCHY cannot score: they name neither an ImageNet
+        class nor a WordNet hypernym of one (TAG_MODE_NEAREST_WORDS ranks any word of the text vocabulary).
+        """
 
     def __init__(
         self,
         *,
         tags: _abc.Iterable[Global___WordHit] | None = ...,
         joint: _builtins.str = ...,
+        mode: Global___TagMode.ValueType = ...,
+        unscored: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["joint", b"joint", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["joint", b"joint", "mode", b"mode", "tags", b"tags", "unscored", b"unscored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1109,13 +1223,17 @@ class CollectionConfig(_message.Message):
     metric: Global___Metric.ValueType
     """Defaults to METRIC_COSINE."""
     embedder: _builtins.str
-    """The image model that turns images into this collection's vectors ("mobilenet_v2", 1280-d).
-    Empty: the collection takes vectors only, and image queries or upserts are refused.
+    """The image model that turns images into this collection's vectors, all 1280-d: "efficientnet_lite0"
+    (224 px), "efficientnet_lite1" (240 px), "efficientnet_lite2" (260 px) or "mobilenet_v2" (224 px, or
+    "mobilenet_v2@SIZE" for SIZE in 64, 96, 128, 160, 192). Empty: the collection takes vectors only, and image
+    queries or upserts are refused.
     """
     joint: _builtins.str
     """A joint image-word space kept beside the image space, so that words and sentences find images:
-    "conse:spacy" (300-d, no training), "conse:minilm" (384-d, takes sentences) or "head:NAME" (a trained
-    DeViSE head). Needs an embedder; every image or vector upserted is also projected into it.
+    "conse:spacy" (300-d, no training), "conse:minilm" (384-d, takes sentences; the default collection's),
+    "head:NAME" (a trained DeViSE head) or "head+conse:NAME" (that head mixed with ConSE in its text space).
+    ConSE reads the ImageNet classifier of the collection's embedder. Needs an embedder; every image or vector
+    upserted is also projected into it.
     """
     index: Global___IndexType.ValueType
     """How the image space is searched; set at creation (changing it on a non-empty collection is refused

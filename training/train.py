@@ -1,4 +1,4 @@
-"""Train a DeViSE head: ``python -m embedder.train --dataset fashion-mnist --holdout sandal,pullover,dress``.
+"""Train a DeViSE head: ``python -m training.train --dataset fashion-mnist --holdout sandal,pullover,dress``.
 
 Whole classes can be held out (``--holdout``): their photos are never seen in training, so the evaluation
 can measure zero-shot search and tagging on them. Features are computed once per (backbone, size, data set)
@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from embedder.datasets import FASHION_WORDS, STAMP_CATEGORY_WORDS
 from embedder.errors import EmbedderError
-from embedder.features import cached_features, fashion_features, stamp_features
-from embedder.head import HeadMeta, TrainConfig, save_head, train_head
-from embedder.image import ImageEmbedder, decode_image
+from embedder.head import HeadMeta, save_head
+from embedder.image import ImageEmbedder, decode_pixels
 from embedder.joint import JointRegistry
 from embedder.words import WordVectors
+from training.devise import TrainConfig, train_head
+from training.features import cached_features, fashion_features, stamp_features
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
@@ -73,7 +74,7 @@ def folder_training_set(images: ImageEmbedder, cache: Path, size: int, root: Pat
     features = cached_features(
         path,
         len(files),
-        lambda i: decode_image(files[i].read_bytes(), images.max_pixels, size),
+        lambda i: decode_pixels(files[i].read_bytes(), images.max_pixels, size),
         images,
         "features",
     )
@@ -111,7 +112,7 @@ def label_vectors(words: list[str], text) -> np.ndarray:  # type: ignore[no-unty
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m embedder.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--dataset", default="fashion-mnist", help="fashion-mnist, tuxpaint, or a folder of class sub-folders"
     )

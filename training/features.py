@@ -1,7 +1,8 @@
 """Image features computed once and cached on disk, per (backbone, input size, data set, split, count).
 
-Training a head reads features, never pixels: MobileNetV2 forward passes are the slow part (about 280
-Fashion-MNIST photos/s at 96 px on two cores), so they are paid once.
+Training a head or evaluating a joint space reads features, never pixels: the forward passes are the slow part
+(about 280 Fashion-MNIST photos/s at 96 px through MobileNetV2 on two cores), so they are paid once. Loaders
+return (S, S, 3) uint8 crops; each backbone normalises them its own way (``ImageEmbedder.embed_pixels``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from embedder.datasets import StampPhoto, fashion_mnist, tuxpaint_photos
-from embedder.image import ImageEmbedder, decode_image, preprocess
+from embedder.image import ImageEmbedder, decode_pixels, to_pixels
 
 log = logging.getLogger("visionsearch.features")
 _BATCH = 64
@@ -32,7 +33,7 @@ def cached_features(
     with tqdm(total=n, desc=desc, unit="img") as bar:
         for start in range(0, n, _BATCH):
             stop = min(n, start + _BATCH)
-            out[start:stop] = embedder.embed_arrays(np.stack([load(i) for i in range(start, stop)]))
+            out[start:stop] = embedder.embed_pixels(np.stack([load(i) for i in range(start, stop)]))
             bar.update(stop - start)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npy")
@@ -50,7 +51,7 @@ def fashion_features(
     path = cache_dir / f"features-{embedder.model_name}-{size}-fashion-mnist-{split}-{n}.npy"
 
     def load(i: int) -> np.ndarray:
-        return preprocess(Image.fromarray(images[i], "L"), size)
+        return to_pixels(Image.fromarray(images[i], "L"), size)
 
     return cached_features(path, n, load, embedder, f"features fashion-mnist/{split} @{size}px"), labels[
         :n
@@ -66,6 +67,23 @@ def stamp_features(
     path = cache_dir / f"features-{embedder.model_name}-{size}-tuxpaint-{len(photos)}-{key}.npy"
 
     def load(i: int) -> np.ndarray:
-        return decode_image(photos[i].path.read_bytes(), embedder.max_pixels, size)
+        return decode_pixels(photos[i].path.read_bytes(), embedder.max_pixels, size)
 
     return cached_features(path, len(photos), load, embedder, f"features tuxpaint @{size}px"), photos
+
+
+def fashion_sample_features(
+    embedder: ImageEmbedder, cache_dir: Path, split: str, indices: Sequence[int], size: int
+) -> np.ndarray:
+    """Features of the Fashion-MNIST photos at ``indices`` of a split (the default collection's sample)."""
+    images, _ = fashion_mnist(split)
+    idx = [int(i) for i in indices]
+    key = hashlib.sha256(",".join(map(str, idx)).encode()).hexdigest()[:12]
+    path = (
+        cache_dir / f"features-{embedder.model_name}-{size}-fashion-mnist-{split}-sample-{len(idx)}-{key}.npy"
+    )
+
+    def load(i: int) -> np.ndarray:
+        return to_pixels(Image.fromarray(images[idx[i]], "L"), size)
+
+    return cached_features(path, len(idx), load, embedder, f"features fashion-mnist/{split} sample @{size}px")

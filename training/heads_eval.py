@@ -1,4 +1,4 @@
-"""Evaluate joint spaces: ``python -m embedder.evaluate --head data/heads/fashion.safetensors``.
+"""Evaluate joint spaces: ``python -m training.evaluate --head data/heads/fashion.safetensors``.
 
 Fashion-MNIST (10,000 test photos): word -> image precision@10 for the seen and the held-out classes, top-5
 tag accuracy over the whole tagging vocabulary, and zero-shot top-1 accuracy among the ten class words, for
@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from embedder.conse import DEFAULT, LEGACY, ConSE
 from embedder.datasets import FASHION_CLASSES, FASHION_WORDS, STAMP_CATEGORY_WORDS, fashion_mnist
-from embedder.features import fashion_features, stamp_features
 from embedder.head import HeadSpace, read_meta
 from embedder.image import ImageEmbedder
-from embedder.joint import ConSE, JointRegistry
+from embedder.joint import HEAD_CONSE_WEIGHT, JointRegistry, mix_head_conse
 from embedder.text import TextSpace
 from embedder.words import WordVectors
 from kernels import topk_inner_product
+from training.features import fashion_features, stamp_features
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -163,7 +164,7 @@ def plot_map(joint: np.ndarray, thumbs: list[np.ndarray], names: list[str], titl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m embedder.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--head", type=Path, default=Path("data/heads/fashion.safetensors"))
     p.add_argument("--tuxpaint-head", type=Path, default=Path("data/heads/tuxpaint.safetensors"))
     p.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -179,13 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     meta = read_meta(args.head)
     text = registry.text(meta.text)
     head = HeadSpace(args.head.stem, args.head, text, images.model_name, images.dim)
-    conse = ConSE(images, text)
     cache = args.data_dir / "cache"
+    taxonomy = registry.taxonomy()
+    classifier = images.classifier()
+    legacy = ConSE(classifier, text, taxonomy, LEGACY, cache_dir=cache)
+    conse = ConSE(classifier, text, taxonomy, DEFAULT, cache_dir=cache)
 
     features, labels = fashion_features(images, cache, "test", meta.input_size, args.limit)
     joint = {
-        "ConSE (no training)": conse.project(features),
+        "ConSE, first version (no training)": legacy.project(features),
+        "ConSE, WordNet (no training)": conse.project(features),
         f"DeViSE head ({meta.loss} loss)": head.project(features),
+        f"DeViSE head + WordNet ConSE ({HEAD_CONSE_WEIGHT:g}/{1 - HEAD_CONSE_WEIGHT:g})": mix_head_conse(
+            head.project(features), conse.project(features)
+        ),
     }
     fashion = {name: fashion_scores(j, labels, text, meta.held_out) for name, j in joint.items()}
     report: dict[str, Any] = {
@@ -209,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
 
     spacy = registry.text("spacy")
     stamp_feats, photos = stamp_features(images, cache, 224)
-    stamp_joint = {"ConSE (no training)": ConSE(images, spacy).project(stamp_feats)}
+    stamp_joint = {
+        "ConSE, first version (no training)": ConSE(
+            classifier, spacy, taxonomy, LEGACY, cache_dir=cache
+        ).project(stamp_feats),
+        "ConSE, WordNet (no training)": ConSE(classifier, spacy, taxonomy, DEFAULT, cache_dir=cache).project(
+            stamp_feats
+        ),
+    }
     stamp_held: list[str] = []
     if args.tuxpaint_head.is_file():
         stamp_head = HeadSpace(
@@ -217,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         stamp_held = stamp_head.meta.held_out
         stamp_joint[f"DeViSE head ({stamp_head.meta.loss} loss)"] = stamp_head.project(stamp_feats)
+        stamp_joint[f"DeViSE head + WordNet ConSE ({HEAD_CONSE_WEIGHT:g}/{1 - HEAD_CONSE_WEIGHT:g})"] = (
+            mix_head_conse(stamp_head.project(stamp_feats), stamp_joint["ConSE, WordNet (no training)"])
+        )
     minilm = registry.text("minilm")
     captioned = [(i, ph.caption) for i, ph in enumerate(photos) if ph.caption]
-    stamp_minilm = ConSE(images, minilm).project(stamp_feats)
+    stamp_minilm = ConSE(classifier, minilm, taxonomy, DEFAULT, cache_dir=cache).project(stamp_feats)
     _, rows = topk_inner_product(_unit(stamp_minilm), minilm.encode([c for _, c in captioned]), 10)
     recall = float(np.mean([i in row for (i, _), row in zip(captioned, rows, strict=True)]))
     report["tuxpaint"] = {
@@ -239,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         thumbs.append(np.asarray(Image.alpha_composite(bg, im).convert("RGB")))
     title = "Tux Paint stamp photos in the ConSE joint space (spaCy words, PCA)"
     plot_map(
-        stamp_joint["ConSE (no training)"],
+        stamp_joint["ConSE, WordNet (no training)"],
         thumbs,
         [ph.category for ph in photos],
         title,
