@@ -131,7 +131,7 @@ def test_typescript_example_searches_and_tags(typescript_built: Path, client_env
     r = run(["node", str(example), str(LION)], cwd=TS, env=client_env, timeout=120)
     assert r.returncode == 0, explain(r)
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("embedding: 1280-d from mobilenet"), explain(r)
+    assert lines[0].startswith("embedding: 1280-d from efficientnet_lite1"), explain(r)
     similar = [line.removeprefix("similar: ").split("\t") for line in lines if line.startswith("similar: ")]
     assert len(similar) == 5, explain(r)
     _, score, label = similar[0]  # the lion photo itself is stored in the default collection
