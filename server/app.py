@@ -119,6 +119,7 @@ def create_server(config: Config, services: Services | None = None) -> Running:
     if auth is not None:
         interceptors.append(AioReflectionGate(auth) if aio_mode else ReflectionGate(auth))
     if config.trace or config.otlp_endpoint:
+        tracing.enable()
         interceptors += tracing.interceptors(aio_mode)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),

@@ -85,13 +85,13 @@ class Guard:
     metrics: Metrics | None = None
 
     def admit(
-        self, method: str, request: Any, metadata: Any
+        self, method: str, request: Any, context: Any
     ) -> tuple[Key | None, tuple[grpc.StatusCode, str] | None]:
         """The caller's key, or the status that refuses the call before it starts."""
         key = None
         if self.auth is not None:
             try:
-                key = self.auth.identify(metadata)
+                key = self.auth.identify(context.invocation_metadata())
                 collection = None if isinstance(request, Malformed) else collection_of(request)
                 self.auth.authorize(key, method, collection)
             except Denied as d:
@@ -111,7 +111,7 @@ def sync_behavior(guard: Guard, method: str, fn: Callable[[Any, Any], Any]) -> C
         t0 = time.perf_counter()
         code: grpc.StatusCode | None = None
         try:
-            key, refusal = guard.admit(method, request, context.invocation_metadata())
+            key, refusal = guard.admit(method, request, context)
             if refusal is not None:
                 code = refusal[0]
                 context.abort(*refusal)
@@ -134,7 +134,7 @@ def aio_behavior(guard: Guard, method: str, fn: Callable[[Any, Any], Any]) -> Ca
         t0 = time.perf_counter()
         code: grpc.StatusCode | None = None
         try:
-            key, refusal = guard.admit(method, request, context.invocation_metadata())
+            key, refusal = guard.admit(method, request, context)
             if refusal is not None:
                 code = refusal[0]
                 await context.abort(*refusal)

@@ -3,15 +3,16 @@
 Each RPC gets a server span from opentelemetry-instrumentation-grpc's interceptor; inside it the servicers
 open child spans for the stages of a call (``decode``: request to arrays, ``embed``: images or text through
 a model, ``search``: the index, ``encode``: the response message). With ``--otlp-endpoint`` set, spans are
-batched and exported over OTLP/gRPC; without it, no provider is installed and every span is OpenTelemetry's
-no-op (well under a microsecond).
+batched and exported over OTLP/gRPC. Without ``--trace`` or ``--otlp-endpoint`` a stage is a shared
+``nullcontext``: even OpenTelemetry's no-op span costs a few microseconds to start and attach, three times per
+search (bench/latency.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry import trace
@@ -19,11 +20,19 @@ from opentelemetry import trace
 log = logging.getLogger("visionsearch.tracing")
 
 _tracer = trace.get_tracer("visionsearch")
+_NO_SPAN = contextlib.nullcontext()
+_enabled = False
+
+
+def enable() -> None:
+    """Open spans from now on (for this process: servers with tracing off then pay for no-op spans)."""
+    global _enabled
+    _enabled = True
 
 
 def span(name: str) -> AbstractContextManager[Any]:
-    """A child span of the current call's span (a no-op when tracing is off)."""
-    return _tracer.start_as_current_span(name)
+    """A child span of the current call's span (a shared no-op when tracing is off)."""
+    return _tracer.start_as_current_span(name) if _enabled else _NO_SPAN
 
 
 def configure(endpoint: str) -> Any:
@@ -45,9 +54,3 @@ def interceptors(aio: bool) -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor, server_interceptor
 
     return [aio_server_interceptor()] if aio else [server_interceptor()]
-
-
-@contextmanager
-def stage(name: str) -> Iterator[None]:
-    with span(name):
-        yield
