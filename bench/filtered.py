@@ -104,7 +104,7 @@ def main() -> None:
         schema.add_field("in_stock", DataType.BOOL)
         schema.add_field("bucket", DataType.INT64)
         index = client.prepare_index_params()
-        index.add_index("vector", metric_type="COSINE")
+        index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")  # pymilvus 3 names it
         client.create_collection("shop", schema=schema, index_params=index)
         for s in range(0, len(base), 2000):
             rows = [

@@ -111,6 +111,12 @@ def db37() -> np.ndarray:
         (37, 5, 7),
         (37, 6, 33),
         (64, 7, 500),
+        # From 16 queries up the scores come from BLAS tiles (kernels.topk._BLAS_MIN_QUERIES): both sides
+        # of the switch, and a k wider than a tile's share.
+        (37, 15, 10),
+        (64, 16, 10),
+        (37, 64, 100),
+        (64, 64, 5000),
     ],
 )
 def test_topk_matches_numpy(db64: np.ndarray, db37: np.ndarray, dim: int, m: int, k: int) -> None:
