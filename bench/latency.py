@@ -2,12 +2,12 @@
 
 A server in a child process fills a collection with the 60,000 fashion-mnist-784 training vectors
 (``index=auto``, recall target 0.95) and stops once its index is built (the graph is saved with it). Then for
-each server mode (``--server-mode sync``: grpcio's thread pool; ``aio``: one event loop) a server reopens that
-collection, the unloaded per-call floor is measured (sequential Count and Search), and
-``visionsearch-loadtest``'s open loop offers single-vector searches (k = 10, no payloads, query vectors =
-fashion-mnist test images) at ``--rate`` per second for ``--seconds`` after a warm-up. Latency is measured
-from each request's scheduled send time (no coordinated omission), so a generator that falls behind shows
-up as latency, and its lag is printed too.
+each server design (``VARIANTS``: grpcio's sync thread pool of 16 or 4 threads; the aio event loop, asyncio's
+or uvloop's) a server reopens that collection, the unloaded per-call floor is measured (sequential Count and
+Search), and ``visionsearch-loadtest``'s open loop offers single-vector searches (k = 10, no payloads,
+query vectors = fashion-mnist test images) at ``--rate`` per second for ``--seconds`` after a warm-up.
+Latency is measured from each request's scheduled send time (no coordinated omission), so a generator that
+falls behind shows up as latency, and its lag is printed too.
 Then a sweep on the last mode raises the rate until p99 passes ``--p99-bound-ms``.
 
 Three floors are measured in the same run, sequentially and unloaded, so the server's own overhead shows:
@@ -152,14 +152,21 @@ def index_floor_ms(data: Path, queries: np.ndarray, n: int = 2000) -> tuple[floa
         store.close()
 
 
+# The server designs compared: the last one measured is the default and is swept and broken into stages.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "sync": ("--server-mode", "sync"),
+    "sync-4threads": ("--server-mode", "sync", "--workers", "4"),
+    "aio-uvloop": ("--server-mode", "aio", "--event-loop", "uvloop"),
+    "aio": ("--server-mode", "aio"),
+}
+
+
 def stage_breakdown(data: Path, queries: np.ndarray, mode: str, n: int = 1000) -> dict[str, dict[str, float]]:
     """Median microseconds per stage of sequential Searches and Counts, from the server's spans, with what
     the caller measured around each call."""
     collector = Collector()
     try:
-        with BenchServer(
-            "--server-mode", mode, "--otlp-endpoint", collector.endpoint, data_dir=data
-        ) as server:
+        with BenchServer(*VARIANTS[mode], "--otlp-endpoint", collector.endpoint, data_dir=data) as server:
             client_us: dict[str, list[float]] = {"Search": [], "Count": []}
 
             async def go() -> None:
@@ -195,7 +202,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--modes", default="sync,aio", help="server modes to measure, the last one is swept")
+    ap.add_argument(
+        "--modes", default=",".join(VARIANTS), help=f"server designs of {sorted(VARIANTS)}; the last is swept"
+    )
     ap.add_argument("--p99-bound-ms", type=float, default=3.0)
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--engine", choices=("native", "python"), default="native", help="who sends the load")
@@ -217,8 +226,10 @@ def main() -> None:
         summary["echo_p50_ms"], summary["index_p50_ms"] = echo_ms, index_ms
         summary["engine"] = args.engine
         modes = args.modes.split(",")
+        if unknown := set(modes) - set(VARIANTS):
+            ap.error(f"unknown --modes {sorted(unknown)}: choose from {sorted(VARIANTS)}")
         for mode in modes:
-            with BenchServer("--server-mode", mode, data_dir=data) as server:
+            with BenchServer(*VARIANTS[mode], data_dir=data) as server:
                 floor = asyncio.run(floor_ms(server.address, queries))
                 over_search = floor["search"] - echo_ms - index_ms
                 over_count = floor["count"] - echo_ms

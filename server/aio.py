@@ -101,9 +101,16 @@ class AioServer:
         workers: int,
         credentials: grpc.ServerCredentials | None = None,
         interceptors: list[Any] | None = None,
+        event_loop: str = "asyncio",
     ) -> None:
         self.pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="aio-pool")
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop
+        if event_loop == "uvloop":
+            import uvloop  # an optional dependency: only this choice needs it
+
+            self._loop = uvloop.new_event_loop()
+        else:
+            self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="aio-server", daemon=True)
         self._thread.start()
 

@@ -27,6 +27,7 @@ from server.config import Config
 from server.default_collection import ensure_default_collection
 from server.handlers import SERVICE_NAMES, Guard
 from server.health import CollectionHealth
+from server.memory import freeze_startup_heap
 from server.metrics import Metrics
 from server.servicers import CollectionServicer, EmbedServicer, SearchServicer, ServerServicer, TagServicer
 from server.services import Services
@@ -135,7 +136,9 @@ def create_server(config: Config, services: Services | None = None) -> Running:
     server: grpc.Server | AioServer
     if aio_mode:
         try:
-            server = AioServer(options, config.address, config.workers, credentials, interceptors)
+            server = AioServer(
+                options, config.address, config.workers, credentials, interceptors, config.event_loop
+            )
             port = server.port
         except RuntimeError:
             port = 0
@@ -210,6 +213,8 @@ def create_server(config: Config, services: Services | None = None) -> Running:
 
 def serve(config: Config) -> None:
     running = create_server(config)
+    frozen = freeze_startup_heap()
+    log.info("start-up heap frozen", extra={"objects": frozen})
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

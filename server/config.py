@@ -54,6 +54,7 @@ class Config:
         "aio", "aio (one event loop; calls that wait on models or disk go to a pool) or sync (a thread pool)"
     )
     workers: int = _setting(16, "threads for calls that wait (aio) or for every call (sync)")
+    event_loop: str = _setting("asyncio", "the aio server's event loop: asyncio or uvloop")
     # Measured by bench/embed_throughput.py on 2 cores: two one-thread forwards side by side embed more than
     # twice the images per second of one two-thread forward, and in their own processes they do not wait for
     # the serving process's GIL between layers.
@@ -113,6 +114,8 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.backbone not in BACKBONE_NAMES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, got {self.backbone!r}")
+        if self.event_loop not in ("asyncio", "uvloop"):
+            raise ValueError(f"event_loop must be asyncio or uvloop, got {self.event_loop!r}")
         if self.server_mode not in ("aio", "sync"):
             raise ValueError(f"server_mode must be aio or sync, got {self.server_mode!r}")
         if self.embed_processes < 0:
