@@ -1,6 +1,7 @@
 """Embed throughput over gRPC with concurrent callers against the raw torch forward of the same model.
 
-- ``raw``: the model's forward alone on already preprocessed 224 px images, in two layouts: one stream with
+- ``raw``: the model's forward alone (``--backbone``, the server's default EfficientNet-Lite1 unless named)
+  on already decoded crops at the backbone's size, in two layouts: one stream with
   torch on every core at batch 1-16 (the plain batched forward), and one single-thread stream per core side by
   side at batch 1-8. The best batch of each layout is kept.
 - ``grpc``: a server in a child process at its defaults (embedding worker processes, dynamic batcher), and
@@ -10,7 +11,7 @@
 
 The server and both raw layouts are measured in interleaved rounds (this machine drifts by 20-30% over
 minutes), and the median of the per-round ratios is printed. The photos are Tux Paint stamp photos re-encoded
-as 224 px JPEGs (what a client that resizes before sending would send). Results go to
+as JPEGs at the backbone's size (what a client that resizes before sending would send). Results go to
 ``bench/results/embed_throughput.json``.
 
     .venv/bin/python bench/embed_throughput.py
@@ -36,16 +37,17 @@ from PIL import Image
 from visionsearch.v1 import visionsearch_pb2 as pb
 from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
+from embedder.backbones import BACKBONES
 from embedder.datasets import tuxpaint_photos
-from embedder.image import ImageEmbedder, decode_image
+from embedder.image import ImageNetwork, decode_pixels
 
 OUT = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
 
 
-def photos(n: int) -> list[bytes]:
+def photos(n: int, size: int) -> list[bytes]:
     out = []
     for path in [p.path for p in tuxpaint_photos()][:n]:
-        img = Image.open(path).convert("RGB").resize((224, 224))
+        img = Image.open(path).convert("RGB").resize((size, size))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
@@ -55,19 +57,21 @@ def photos(n: int) -> list[bytes]:
 class Raw:
     """The model's forward alone on preprocessed images: ``streams`` threads of ``threads`` torch threads."""
 
-    def __init__(self, images: list[bytes]) -> None:
-        self.emb = ImageEmbedder(threads=1, max_pixels=40_000_000)
-        self.arrays = np.stack([decode_image(b, 40_000_000) for b in images[:16]])
+    def __init__(self, images: list[bytes], backbone: str) -> None:
+        spec = BACKBONES[backbone]
+        self.network = ImageNetwork(str(spec.weights()), backbone)
+        # uint8 crops, normalised inside the forward: what the server's worker processes are handed
+        self.arrays = np.stack([decode_pixels(b, 40_000_000, spec.default_size) for b in images[:16]])
 
     def rate(self, threads: int, streams: int, batch: int, seconds: float) -> float:
         torch.set_num_threads(threads)
-        self.emb.network.forward(self.arrays[:batch])  # warm-up: one-off kernel selection for this shape
+        self.network.forward_pixels(self.arrays[:batch])  # warm-up: one-off kernel selection for this shape
         done = [0] * streams
         t0 = time.perf_counter()
 
         def stream(n: int) -> None:
             while time.perf_counter() - t0 < seconds:
-                self.emb.network.forward(self.arrays[:batch])
+                self.network.forward_pixels(self.arrays[:batch])
                 done[n] += batch
 
         workers = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
@@ -124,10 +128,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--server-flags", default="", help="extra server flags, e.g. '--embed-max-batch 2'")
+    ap.add_argument("--backbone", default="efficientnet_lite1", choices=sorted(BACKBONES))
     args = ap.parse_args()
     print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
-    images = photos(64)
-    raw = Raw(images)
+    images = photos(64, BACKBONES[args.backbone].default_size)
+    raw = Raw(images, args.backbone)
     grid = raw.sweep(args.raw_seconds)
     for (threads, streams, batch), r in grid.items():
         print(
@@ -140,7 +145,7 @@ def main() -> None:
     for name, (threads, streams, batch) in (("best raw layout", best), ("plain batched forward", plain)):
         print(f"{name}: {streams} stream(s) x {threads} thread(s), batch {batch}")
     rounds = []
-    with BenchServer(*args.server_flags.split()) as server:
+    with BenchServer("--backbone", args.backbone, *args.server_flags.split()) as server:
         # Interleaved: this machine's throughput drifts by 20-30% over minutes, so each round measures the
         # server and both ceilings back to back (the server idles during the raw parts and vice versa).
         for n in range(args.rounds):
@@ -158,7 +163,7 @@ def main() -> None:
     print(f"median over {args.rounds} rounds: grpc / plain batched forward {vs_plain:.3f}; "
           f"grpc / best raw layout {vs_best:.3f} (target >= 0.90)")  # fmt: skip
     result = {
-        "callers": args.callers, "server_flags": args.server_flags, "cores": cores,
+        "callers": args.callers, "server_flags": args.server_flags, "cores": cores, "backbone": args.backbone,
         "raw_grid": {f"threads={k[0]} streams={k[1]} batch={k[2]}": v for k, v in grid.items()},
         "best_layout": best, "plain_layout": plain, "rounds": rounds,
         "median_ratio_vs_plain": vs_plain, "median_ratio_vs_best": vs_best, "loadavg_at_end": os.getloadavg(),
