@@ -31,6 +31,7 @@ from pathlib import Path
 from _machine import banner  # bench/ is on sys.path when a bench script runs
 from embed_throughput import Raw, photos  # bench/ is on sys.path when a bench script runs
 
+from embedder.backbones import BACKBONES
 from ingest.pipeline import FORWARD_BATCH, embedded_batches, start_ray
 from ingest.sources import Photo
 
@@ -48,8 +49,8 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def write_photos(folder: Path, n: int) -> list[Photo]:
-    encoded = photos(64)
+def write_photos(folder: Path, n: int, size: int) -> list[Photo]:
+    encoded = photos(64, size)
     out = []
     for i in range(n):
         path = folder / f"{i:06d}.jpg"
@@ -58,7 +59,9 @@ def write_photos(folder: Path, n: int) -> list[Photo]:
     return out
 
 
-def pipeline_rate(todo: list[Photo], actors: int, batch_size: int, forward_batch: int) -> tuple[float, float]:
+def pipeline_rate(
+    todo: list[Photo], actors: int, batch_size: int, forward_batch: int, backbone: str
+) -> tuple[float, float]:
     """(steady images/s, seconds until the first batch). The steady rate is taken between the deliveries of
     the first and the last quarter of the images: before it, actors start and batches in flight pile up
     (up to a few per actor, delivered in a burst); after it, the pool drains with idle actors."""
@@ -67,7 +70,8 @@ def pipeline_rate(todo: list[Photo], actors: int, batch_size: int, forward_batch
     delivered, failed = 0, 0
     batches = embedded_batches(
         todo,
-        size=224,
+        size=BACKBONES[backbone].default_size,
+        backbone=backbone,
         max_pixels=MAX_PIXELS,
         actors=actors,
         batch_size=batch_size,
@@ -93,12 +97,16 @@ def main() -> None:
     ap.add_argument("--forward-batch", type=int, default=FORWARD_BATCH, help="images per forward in an actor")
     ap.add_argument("--raw-seconds", type=float, default=3, help="per raw configuration in the sweep")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--backbone", default="mobilenet_v2", choices=sorted(BACKBONES), help="the pipeline's default"
+    )
     args = ap.parse_args()
     print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     cores = os.cpu_count() or 1
     print(f"machine: {cpu_model()}, {cores} cores, load average {os.getloadavg()[0]:.2f} at start")
 
-    raw = Raw(photos(64))
+    size = BACKBONES[args.backbone].default_size
+    raw = Raw(photos(64, size), args.backbone)
     grid = {
         cfg: raw.rate(*cfg, args.raw_seconds)
         for cfg in [(1, cores, b) for b in (1, 2, 4, 8, 16)] + [(cores, 1, b) for b in (4, 8, 16)]
@@ -111,10 +119,12 @@ def main() -> None:
     start_ray(None, cores)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
-        todo = write_photos(Path(tmp), args.photos)
+        todo = write_photos(Path(tmp), args.photos, size)
         for n in range(args.rounds):
-            one, start_one = pipeline_rate(todo, 1, args.batch_size, args.forward_batch)
-            two, start_two = pipeline_rate(todo, min(2, cores), args.batch_size, args.forward_batch)
+            one, start_one = pipeline_rate(todo, 1, args.batch_size, args.forward_batch, args.backbone)
+            two, start_two = pipeline_rate(
+                todo, min(2, cores), args.batch_size, args.forward_batch, args.backbone
+            )
             # The raw forward's time matches one pipeline run's, so both see the same drift.
             r_best = raw.rate(*best, max(args.raw_seconds, args.photos / max(two, 1.0)))
             rounds.append({"ray_1_actor": one, "ray_2_actors": two, "raw_best": r_best,
@@ -130,7 +140,7 @@ def main() -> None:
           f"2 actors / best raw layout {vs_raw:.3f} (target >= 0.90)")  # fmt: skip
     result = {
         "cpu": cpu_model(), "cores": cores, "photos": args.photos, "batch_size": args.batch_size,
-        "forward_batch": args.forward_batch,
+        "forward_batch": args.forward_batch, "backbone": args.backbone,
         "raw_grid": {f"threads={k[0]} streams={k[1]} batch={k[2]}": v for k, v in grid.items()},
         "best_layout": best, "rounds": rounds, "median_2_over_1": scaling, "median_2_over_raw": vs_raw,
         "loadavg_at_end": os.getloadavg(),
