@@ -264,7 +264,11 @@ def main() -> None:
                     save_png(report, RESULTS / "latency.png")
                     if not args.no_sweep:
                         step = replace(config, duration_s=6, warmup_s=1)
-                        sr = sweep(step, start_rate=250, factor=1.4, p99_bound_ms=args.p99_bound_ms)
+                        # Three attempts per rate: one hiccup of this shared machine (a 6 s step at 350/s once
+                        # saw p99 8.6 ms with the generator itself 2.5 ms late) must not end the sweep.
+                        sr = sweep(
+                            step, start_rate=250, factor=1.4, p99_bound_ms=args.p99_bound_ms, attempts=3
+                        )
                         print(f"[{mode}] sweep: highest rate held with p99 <= {args.p99_bound_ms} ms: "
                               f"{sr.highest_rate_held}")  # fmt: skip
                         summary["sweep_highest_rate_held"] = sr.highest_rate_held

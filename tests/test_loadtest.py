@@ -207,6 +207,12 @@ def test_sweep_reports_the_highest_rate_held(server: Running, tmp_path: Path) ->
     hard = sweep(config, start_rate=20, step=10, max_steps=3, p99_bound_ms=0.001)
     assert len(hard.steps) == 1 and not hard.steps[0].held and "p99" in hard.steps[0].reason
     assert hard.highest_rate_held is None
+    # With attempts, a rate that breaks the bound is run again before the sweep stops; one that holds is not.
+    retried = sweep(config, start_rate=20, step=10, max_steps=3, p99_bound_ms=0.001, attempts=3)
+    assert [s.offered_rate for s in retried.steps] == [20, 20, 20] and retried.highest_rate_held is None
+    kept = sweep(config, start_rate=20, factor=2, max_steps=2, p99_bound_ms=60_000, min_achieved_ratio=0.5,
+                 attempts=3)  # fmt: skip
+    assert [s.offered_rate for s in kept.steps] == [20, 40] and kept.highest_rate_held == 40
     data = json.loads(easy.save_json(tmp_path / "sweep.json").read_text())
     assert data["highest_rate_held"] == 80 and len(data["steps"]) == len(data["step_reports"]) == 3
     with Image.open(save_sweep_png(easy, tmp_path / "sweep.png")) as im:

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,12 @@ from visionsearch_client.loadtest.native import NativeEngine, NativeEngineError
 from visionsearch_client.loadtest.runner import Target, run_in_new_loop
 from visionsearch_client.loadtest.workload import METHODS, Planned
 
-from server.app import Running
+from server.app import Running, create_server
+from server.auth import add_key
+from server.config import Config
+from server.services import Services
 from tests.conftest import ROOT
+from tests.pki import Authority
 
 CPP_BUILD = ROOT / "clients" / "cpp" / "build"
 SETUP = "run scripts/setup_clients.sh (or `make clients`) first"
@@ -353,3 +358,32 @@ def test_cli_native_engine_missing_exits_2(tmp_path: Path) -> None:
     proc = cli("--engine", "native", "--address", DEAD, "--no-save", env=env)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stderr.startswith("error: VISIONSEARCH_LOADGEN=") and "`make clients`" in proc.stderr
+
+
+def test_native_engine_speaks_tls_and_sends_the_api_key(
+    base_config: Config, services: Services, tmp_path: Path, loadgen: Path
+) -> None:
+    ca = Authority(tmp_path, "ca")
+    cert = ca.issue("server")
+    key = add_key(tmp_path / "keys.json", "bench", "read")
+    settings = {"tls_cert": str(cert.cert), "tls_key": str(cert.key), "api_keys": str(tmp_path / "keys.json")}
+    config = replace(base_config, data_dir=tmp_path / "data", default_collection=False, **settings)  # type: ignore[arg-type]
+    running = create_server(config, services.with_store(config))
+    try:
+        target = f"127.0.0.1:{running.port}"
+        admin = add_key(tmp_path / "keys.json", "admin", "admin")
+        running.reload()
+        with Client(target, api_key=admin, root_certificates=ca.pair.cert) as c:
+            c.create_collection("tls", dim=4)
+            c.upsert("tls", [Item(f"i{n}", vector=[1, n, 0, 0]) for n in range(20)])
+        load = LoadConfig(address=target, engine="native", collection="tls", mix={"search_vector": 1},
+                          mode="open", rate=100.0, duration_s=0.5, warmup_s=0.1, timeout_s=30.0,
+                          api_key=key, root_certificates=str(ca.pair.cert))  # fmt: skip
+        # Every call needs the key (the server answers UNAUTHENTICATED without it): 50 OK means the native
+        # engine sent it on each, over TLS.
+        good = run(load)
+        assert good.engine == "native" and good.errors == {} and good.ok == 50, good.table()
+        with pytest.raises(UnreachableError, match="UNAUTHENTICATED"):
+            run(replace(load, api_key="not-a-key"))
+    finally:
+        running.stop(grace=0)

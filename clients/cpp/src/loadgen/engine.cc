@@ -158,6 +158,7 @@ class Engine {
     call->kind = step.kind;
     call->measured = measured;
     call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(options_.timeout_ns));
+    if (!options_.api_key.empty()) call->context.AddMetadata("authorization", "Bearer " + options_.api_key);
     in_flight_.fetch_add(1);
     sent_.fetch_add(1, std::memory_order_relaxed);
     call->sent = Now();

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "plan.h"
@@ -32,6 +33,7 @@ struct Options {
   int64_t max_in_flight = 1000;
   int64_t concurrency = 8;
   int64_t timeout_ns = 10'000'000'000;
+  std::string api_key;  // sent as `authorization: Bearer <key>` on every call when set
 };
 
 // One recorded request, written as-is to the records file (little-endian, 32 bytes).

@@ -9,6 +9,10 @@
 //   visionsearch-loadgen --address HOST:PORT --plan PLAN --records OUT [--mode open|closed] [--rate R]
 //       [--arrival uniform|poisson] [--seed N] [--duration S] [--warmup S] [--requests N]
 //       [--max-in-flight N] [--concurrency N] [--timeout S] [--connect-timeout S] [--max-message-bytes N]
+//       [--tls] [--ca PEM]
+//
+// TLS: --tls with the system's roots, or --ca with a PEM file of roots. An API key comes from the environment
+// (VISIONSEARCH_API_KEY), never the command line, and is sent as `authorization: Bearer <key>`.
 //
 // Exit codes: 0 done, 2 bad usage or plan file, 3 the server could not be reached, 1 anything else.
 #include <grpcpp/grpcpp.h>
@@ -18,8 +22,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <string>
 
 #include "engine.h"
@@ -35,7 +41,7 @@ constexpr const char* kUsage =
     "usage: visionsearch-loadgen --address HOST:PORT --plan PLAN --records OUT [--mode open|closed]\n"
     "         [--rate R] [--arrival uniform|poisson] [--seed N] [--duration S] [--warmup S] [--requests N]\n"
     "         [--max-in-flight N] [--concurrency N] [--timeout S] [--connect-timeout S]\n"
-    "         [--max-message-bytes N]\n"
+    "         [--max-message-bytes N] [--tls] [--ca PEM]   (API key: VISIONSEARCH_API_KEY)\n"
     "Plans are written by `visionsearch-loadtest --engine native`; see clients/cpp/README.md.\n";
 
 int Usage(const std::string& problem) {
@@ -77,7 +83,8 @@ bool WriteRecords(const std::string& path, const loadgen::Result& result, std::s
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string address, plan_path, records_path, mode = "open", arrival = "uniform";
+  std::string address, plan_path, records_path, mode = "open", arrival = "uniform", ca_path;
+  bool tls = false;
   double rate = 100, duration = 10, warmup = 1, timeout = 10, connect_timeout = 5;
   uint64_t seed = 0, requests = 0, max_in_flight = 1000, concurrency = 8, max_message = 16 << 20;
 
@@ -93,13 +100,17 @@ int main(int argc, char** argv) {
       {"--timeout", real(&timeout)},         {"--connect-timeout", real(&connect_timeout)},
       {"--seed", count(&seed)},              {"--requests", count(&requests)},
       {"--max-in-flight", count(&max_in_flight)}, {"--concurrency", count(&concurrency)},
-      {"--max-message-bytes", count(&max_message)},
+      {"--max-message-bytes", count(&max_message)}, {"--ca", text(&ca_path)},
   };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
       std::fputs(kUsage, stdout);
       return 0;
+    }
+    if (arg == "--tls") {
+      tls = true;
+      continue;
     }
     const auto flag = flags.find(arg);
     if (flag == flags.end()) return Usage("unknown argument " + arg);
@@ -130,7 +141,19 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(static_cast<int>(max_message));
   args.SetMaxReceiveMessageSize(static_cast<int>(max_message));
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (tls || !ca_path.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    if (!ca_path.empty()) {
+      std::ifstream in(ca_path, std::ios::binary);
+      std::ostringstream pem;
+      pem << in.rdbuf();
+      if (!in || pem.str().empty()) return Usage("cannot read the CA file " + ca_path);
+      ssl.pem_root_certs = pem.str();
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateCustomChannel(address, credentials, args);
   const auto deadline = std::chrono::system_clock::now() + std::chrono::nanoseconds(Nanos(connect_timeout));
   if (!channel->WaitForConnected(deadline)) {
     std::fprintf(stderr, "cannot reach visionsearch at %s: no connection within %g s\n", address.c_str(),
@@ -149,6 +172,8 @@ int main(int argc, char** argv) {
   options.max_in_flight = static_cast<int64_t>(max_in_flight);
   options.concurrency = static_cast<int64_t>(concurrency);
   options.timeout_ns = Nanos(timeout);
+  // From the environment, not the command line, where every user of the machine could read it.
+  if (const char* key = std::getenv("VISIONSEARCH_API_KEY")) options.api_key = key;
   const loadgen::Result result = loadgen::Run(channel, plan, options);
 
   if (!WriteRecords(records_path, result, &error)) {

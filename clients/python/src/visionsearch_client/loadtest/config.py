@@ -86,10 +86,6 @@ class LoadConfig:
             raise ConfigError(f"arrival must be 'uniform' or 'poisson', not {self.arrival!r}")
         if self.engine not in ("python", "native"):
             raise ConfigError(f"engine must be 'python' or 'native', not {self.engine!r}")
-        if self.engine == "native" and (self.api_key or self.tls or self.root_certificates):
-            raise ConfigError(
-                "the native engine speaks plaintext without keys: use --engine python for TLS and keys"
-            )
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, not {self.concurrency}")
         if not self.rate > 0:

@@ -141,7 +141,20 @@ def command(binary: Path, config: LoadConfig, plan: Path, records: Path) -> list
     ]  # fmt: skip
     if config.max_requests is not None:
         cmd += ["--requests", str(config.max_requests)]
+    if config.root_certificates:
+        cmd += ["--ca", str(config.root_certificates)]
+    elif config.tls:
+        cmd.append("--tls")
     return cmd
+
+
+def environment(config: LoadConfig) -> dict[str, str]:
+    """The generator's environment: the API key goes there, where other users cannot read it (ps shows
+    command lines)."""
+    env = {k: v for k, v in os.environ.items() if k != "VISIONSEARCH_API_KEY"}
+    if config.api_key:
+        env["VISIONSEARCH_API_KEY"] = config.api_key
+    return env
 
 
 class NativeEngine:
@@ -169,7 +182,9 @@ class NativeEngine:
         limit = config.warmup_s + config.duration_s + config.timeout_s + config.connect_timeout_s + 60
         cmd = command(self.binary, config, self.plan, records)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=limit, check=False, env=environment(config)
+            )
         except subprocess.TimeoutExpired:
             raise NativeEngineError(f"{BINARY} did not finish within {limit:g} s") from None
         message = proc.stderr.strip()

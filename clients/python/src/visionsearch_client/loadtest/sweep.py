@@ -57,10 +57,13 @@ async def sweep_async(
     max_error_rate: float = 0.01,
     min_achieved_ratio: float = 0.95,
     on_step: Callable[[SweepStep], None] | None = None,
+    attempts: int = 1,
 ) -> SweepReport:
     """``sweep`` for callers already inside an event loop."""
     if not p99_bound_ms > 0:
         raise ConfigError(f"p99 bound must be > 0 ms, not {p99_bound_ms}")
+    if attempts < 1:
+        raise ConfigError(f"attempts must be >= 1, not {attempts}")
     plan = rates(start_rate, factor, step, max_steps)
     base = replace(config, mode="open", rate=plan[0])
     target = await Target.open(base)
@@ -70,24 +73,27 @@ async def sweep_async(
     stopped = f"reached max_steps ({max_steps})"
     try:
         for rate in plan:
-            report = await target.run(replace(base, rate=rate))
-            held, reason = judge(report, p99_bound_ms, max_error_rate, min_achieved_ratio)
-            lat = report.latency_ms
-            s = SweepStep(
-                offered_rate=rate,
-                achieved_rate=report.throughput,
-                p50_ms=lat["p50"],
-                p99_ms=lat["p99"],
-                p999_ms=lat["p999"],
-                error_rate=round(report.error_rate, 6),
-                lag_p99_ms=report.lag_ms["p99"] if report.lag_ms else 0.0,
-                held=held,
-                reason=reason,
-            )
-            steps.append(s)
-            reports.append(report)
-            if on_step is not None:
-                on_step(s)
+            for _ in range(attempts):
+                report = await target.run(replace(base, rate=rate))
+                held, reason = judge(report, p99_bound_ms, max_error_rate, min_achieved_ratio)
+                lat = report.latency_ms
+                s = SweepStep(
+                    offered_rate=rate,
+                    achieved_rate=report.throughput,
+                    p50_ms=lat["p50"],
+                    p99_ms=lat["p99"],
+                    p999_ms=lat["p999"],
+                    error_rate=round(report.error_rate, 6),
+                    lag_p99_ms=report.lag_ms["p99"] if report.lag_ms else 0.0,
+                    held=held,
+                    reason=reason,
+                )
+                steps.append(s)
+                reports.append(report)
+                if on_step is not None:
+                    on_step(s)
+                if held:
+                    break
             if not held:
                 stopped = f"{rate:g} req/s did not hold: {reason}"
                 break
@@ -115,11 +121,15 @@ def sweep(
     max_error_rate: float = 0.01,
     min_achieved_ratio: float = 0.95,
     on_step: Callable[[SweepStep], None] | None = None,
+    attempts: int = 1,
 ) -> SweepReport:
     """Run open-loop steps of ``config`` (its duration, warm-up, mix, ...) at ``start_rate``, then
     ``start_rate * factor**i`` (or ``start_rate + i * step``), until a step's p99 exceeds ``p99_bound_ms``,
     its error rate exceeds ``max_error_rate`` or its achieved throughput falls below ``min_achieved_ratio`` of
-    the offered rate, or ``max_steps`` ran. The server is checked and the requests prepared once."""
+    the offered rate, or ``max_steps`` ran. With ``attempts`` > 1 a step that breaks the rules is run again,
+    up to that many times in all, and holds if one attempt does: a hiccup of the machine (it shows as the
+    generator's lag) then does not end the sweep. Every attempt is in the report. The server is checked and
+    the requests prepared once."""
     return run_in_new_loop(
         sweep_async(
             config,
@@ -131,5 +141,6 @@ def sweep(
             max_error_rate=max_error_rate,
             min_achieved_ratio=min_achieved_ratio,
             on_step=on_step,
+            attempts=attempts,
         )
     )
