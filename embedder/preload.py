@@ -10,6 +10,7 @@ The fork server cannot see the server's flags, only its environment: it preloads
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch  # noqa: F401 - imported here to be shared by every worker
@@ -42,3 +43,7 @@ def _load_default() -> None:
 
 
 _load_default()
+# A worker's cyclic collector would walk every object loaded here, writing to each one's header and so
+# copying each page that holds one into the worker: frozen, those pages stay shared with the fork server.
+gc.collect()
+gc.freeze()

@@ -28,8 +28,9 @@ def _serve(conn: Connection, weights: str, threads: int, backbone: str) -> None:
     """The child's loop: crops in, features out; an exception is sent back as its text."""
     import torch  # already imported, with the network, by the fork server (embedder.preload)
 
-    from embedder import preload
+    from embedder import malloc, preload
 
+    malloc.return_large_frees_to_the_os()
     torch.set_num_threads(threads)
     net = preload.network(weights, backbone)
     conn.send(("ready", None))
