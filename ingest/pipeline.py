@@ -1,6 +1,6 @@
-"""The Ray Data pipeline: (id, path, payload) rows -> features, by an actor pool that reads, decodes, embeds.
+"""The Ray Data pipeline: (id, path, payload) rows -> decoded crops (Ray tasks) -> features (an actor pool).
 
-It runs the server's own code: ``decode_pixels`` (the same decode, alpha compositing, resize and crop)
+Both stages run the server's own code: ``decode_pixels`` (the same decode, alpha compositing, resize and crop)
 and ``ImageNetwork.forward_pixels`` (the forward the server's embedding worker processes run, normalising in
 torch), with the ImageNet MobileNetV2 weights from the same package. So a vector from here equals the server's
 Embed of the same file, up to the float noise of a different batch composition.
@@ -70,15 +70,9 @@ FORWARD_BATCH = 2
 
 class EmbedActor:
     """One copy of the network per actor, on one torch thread: on a machine of N cores, N one-thread
-    forwards side by side embed more than one N-thread forward (bench/embed_throughput.py).
+    forwards side by side embed more than one N-thread forward (bench/embed_throughput.py)."""
 
-    The actor decodes its own batch. Decoding a photo costs about 2% of its forward, while a separate stage of
-    decode tasks cost Ray a task, and a trip of the crops through the object store, per batch: with it, two
-    actors on two cores made 0.79 of the raw forward's images/s (bench/ingest_throughput.py)."""
-
-    def __init__(
-        self, size: int, max_pixels: int, forward_batch: int = FORWARD_BATCH, backbone: str = "mobilenet_v2"
-    ) -> None:
+    def __init__(self, forward_batch: int = FORWARD_BATCH, backbone: str = "mobilenet_v2") -> None:
         import torch
 
         from embedder.backbones import BACKBONES
@@ -86,10 +80,8 @@ class EmbedActor:
         torch.set_num_threads(1)
         self.network = ImageNetwork(str(BACKBONES[backbone].weights()), backbone)
         self.forward_batch = forward_batch
-        self.size, self.max_pixels = size, max_pixels
 
-    def __call__(self, files: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = decode_batch(files, size=self.size, max_pixels=self.max_pixels)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.flatnonzero(batch["kind"] == "")
         vectors = np.zeros((len(batch["kind"]), IMAGE_DIM), np.float32)
         for start in range(0, len(ok), self.forward_batch):
@@ -147,19 +139,25 @@ def embedded_batches(
             "payload": [json.dumps(p.payload) for p in photos],
         }
     )
-    # Blocks of at most a few batches, so the pool streams and the progress bar moves, and of fewer rows
+    # Blocks of at most a few batches, so both stages stream and the progress bar moves, and of fewer rows
     # for a small job, so that every actor gets blocks.
     rows = max(1, min(batch_size * 4, -(-len(photos) // (2 * actors))))
     blocks = [table.slice(i, rows) for i in range(0, len(photos), rows)]
     ds: ray.data.Dataset = ray.data.from_arrow(blocks)
+    # Decoding asks for no CPU slot: the actors hold every slot they need (one per torch thread), and a
+    # task that waited for a slot would then wait forever on a cluster the actors fill. It runs between
+    # forwards; its concurrency is capped at the number of actors so it cannot flood the cores.
+    ds = ds.map_batches(
+        decode_batch,  # type: ignore[arg-type]  # Ray's Callable union does not accept keyword arguments
+        fn_kwargs={"size": size, "max_pixels": max_pixels},
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=max(1, actors)),
+    )
     ds = ds.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={
-            "size": size,
-            "max_pixels": max_pixels,
-            "forward_batch": forward_batch,
-            "backbone": backbone,
-        },
+        fn_constructor_kwargs={"forward_batch": forward_batch, "backbone": backbone},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
