@@ -87,6 +87,8 @@ def main() -> None:
             print(f"killed the job (SIGKILL) after {time.monotonic() - t0:.0f} s with {at_kill:,} written")
             second = job(folder, server.address, args.backbone, t / "second.json", t / "second.log")
             rc = second.wait()
+            if not (t / "second.json").exists():
+                raise SystemExit(f"the rerun failed (exit {rc}):\n{(t / 'second.log').read_text()[-3000:]}")
             summary = json.loads((t / "second.json").read_text())
             print((t / "second.log").read_text().strip().splitlines()[-3:])
             total = c.count("demo")
