@@ -146,18 +146,52 @@ def _merge_heaps(heap_s: np.ndarray, heap_i: np.ndarray, k: int) -> tuple[np.nda
     return out_s, out_i
 
 
-@njit(parallel=True, cache=True, nogil=True)
+_SELECT_BLOCK = 64
+
+
+# Serial on purpose: BLAS's threads spin-wait between tiles, and a parallel selection's threads then spin
+# after it, each pool slowing the other's next call. Each block of scores is first reduced to its maximum (a
+# loop LLVM vectorises; the flags allow reordering but keep infinities, as the heaps start at -inf), and only
+# a block whose maximum beats the query's worst kept score is scanned one score at a time.
+@njit(cache=True, nogil=True, fastmath={"nnan", "nsz", "reassoc"})
 def _select_tile(
     scores: np.ndarray, t0: int, alive: np.ndarray, heap_s: np.ndarray, heap_i: np.ndarray, k: int
 ) -> None:
     m, w = scores.shape
-    for j in prange(m):
+    for j in range(m):
         hs = heap_s[0, j]
         hi = heap_i[0, j]
-        for c in range(w):
-            s = scores[j, c]
-            if s > hs[0] and alive[t0 + c]:
-                _heap_offer(hs, hi, k, s, t0 + c)
+        row = scores[j]
+        worst = hs[0]
+        for b0 in range(0, w, _SELECT_BLOCK):
+            b1 = min(w, b0 + _SELECT_BLOCK)
+            top = row[b0]
+            for c in range(b0 + 1, b1):
+                top = max(top, row[c])
+            if top <= worst:
+                continue
+            for c in range(b0, b1):
+                if row[c] > worst and alive[t0 + c]:
+                    _heap_offer(hs, hi, k, row[c], t0 + c)
+                    worst = hs[0]
+
+
+@njit(cache=True, nogil=True)
+def _sorted_heaps(heap_s: np.ndarray, heap_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    # _merge_heaps for one heap per query, serial: a parallel region here would leave Numba's threads
+    # spinning into the next batch's BLAS call.
+    m = heap_s.shape[1]
+    out_s = np.full((m, k), -np.inf, dtype=np.float32)
+    out_i = np.full((m, k), -1, dtype=np.int64)
+    for j in range(m):
+        order = np.argsort(-heap_s[0, j], kind="mergesort")
+        filled = 0
+        for q in order:
+            if heap_i[0, j, q] >= 0:
+                out_s[j, filled] = heap_s[0, j, q]
+                out_i[j, filled] = heap_i[0, j, q]
+                filled += 1
+    return out_s, out_i
 
 
 def _blas_heaps(
@@ -220,7 +254,7 @@ def topk_inner_product(
         return np.empty((m, 0), dtype=np.float32), np.empty((m, 0), dtype=np.int64)
     if m >= _BLAS_MIN_QUERIES:
         heap_s, heap_i = _blas_heaps(db, n, alive, queries, k)
-        return _merge_heaps(heap_s, heap_i, k)
+        return _sorted_heaps(heap_s, heap_i, k)
     # One chunk per thread, but never chunks so small that the per-chunk heaps cost more than the scan.
     n_chunks = max(1, min(numba.get_num_threads(), n // max(4 * k, 1024)))
     heap_s, heap_i = _chunk_heaps(db, n, alive, queries, k, n_chunks)
