@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 
 from embedder import assets
 from embedder.errors import AssetMissing
@@ -93,6 +92,9 @@ class _LiteFeatures(torch.nn.Module):
 def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.Linear]:
     """The backbone's convolutional layers (images -> feature maps) and its ImageNet classifier."""
     if backbone.name == "mobilenet_v2":
+        # Imported here only: torchvision brings torch._dynamo, ~150 MB the other backbones do without.
+        import torchvision
+
         net = torchvision.models.mobilenet_v2(weights=None)
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         net.eval()

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 import numpy as np
-import torchvision
 
 from embedder.backbones import BACKBONES
 from embedder.conse import ConSE
@@ -23,7 +22,12 @@ from embedder.taxonomy import Taxonomy
 from embedder.text import MiniLMText, SpacyText, TextSpace
 from embedder.words import WordVectors
 
-IMAGENET_CLASSES: list[str] = list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+# torchvision's display names of the 1,000 ImageNet classes, in the classifiers' order, kept as a file:
+# importing torchvision for them pulled in torch._dynamo, about 150 MB in the server and every worker.
+# tests/test_joint.py checks the file against torchvision.
+IMAGENET_CLASSES: list[str] = (
+    (Path(__file__).with_name("imagenet_classes.txt")).read_text(encoding="utf-8").splitlines()
+)
 
 # A trained head and ConSE map into the same text space; ``head+conse:NAME`` serves their mean, which keeps
 # the head's sharpness on the classes it was trained on and ConSE's reach beyond them, on photos the ImageNet

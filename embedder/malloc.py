@@ -3,8 +3,8 @@
 glibc gives each thread its own heap arena and, by default, serves allocations below a threshold that grows
 up to 32 MiB from the heap. Decoded images are 16 MiB blocks (Pillow's) allocated on whichever pool thread
 decodes them: freed, they stay in that thread's arena, so four concurrent 36-megapixel images raised the
-server's resident memory by 2 GB for good. A forward's activations (tens of MB at 240 px) stayed in the
-embedding workers' heaps the same way. Allocations from 4 MiB up are mapped and unmapped instead.
+server's resident memory by 2 GB for good. Allocations from 4 MiB up are mapped and unmapped instead. (Not
+in the embedding workers: see embedder/workers.py.)
 """
 
 from __future__ import annotations

@@ -28,9 +28,11 @@ def _serve(conn: Connection, weights: str, threads: int, backbone: str) -> None:
     """The child's loop: crops in, features out; an exception is sent back as its text."""
     import torch  # already imported, with the network, by the fork server (embedder.preload)
 
-    from embedder import malloc, preload
+    from embedder import preload
 
-    malloc.return_large_frees_to_the_os()
+    # glibc's mmap threshold stays dynamic here, unlike in the server: with it fixed at 4 MiB every forward
+    # mapped its activations afresh and page-faulted them in, and Embed over gRPC fell from 54 to 26
+    # images/s (bench/embed_throughput.py). Freed activations are reused by the next forward instead.
     torch.set_num_threads(threads)
     net = preload.network(weights, backbone)
     conn.send(("ready", None))

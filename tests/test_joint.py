@@ -252,3 +252,12 @@ def test_sentences_find_images_in_a_minilm_collection(client: Client, fresh_name
     assert {h.id for h in words} == {"strawberry", "banana", "pineapple"}
     tags = client.tag((STAMPS / photos["banana"]).read_bytes(), k=5, joint="conse:minilm")
     assert "banana" in [t.word for t in tags]
+
+
+def test_the_imagenet_class_names_file_is_torchvisions_list() -> None:
+    # embedder/imagenet_classes.txt stands in for torchvision's list: the server need not import torchvision.
+    import torchvision
+
+    from embedder.joint import IMAGENET_CLASSES
+
+    assert list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]) == IMAGENET_CLASSES
