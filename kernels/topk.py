@@ -124,25 +124,42 @@ def _chunk_heaps(
     return heap_s, heap_i
 
 
+@njit(inline="always", nogil=True)
+def _merge_query(heap_s, heap_i, j, k, out_s, out_i):  # type: ignore[no-untyped-def]
+    n_chunks, _, kk = heap_s.shape
+    cand_s = heap_s[:, j, :].copy().reshape(n_chunks * kk)
+    cand_i = heap_i[:, j, :].copy().reshape(n_chunks * kk)
+    # Stable sort: the result does not depend on the thread schedule.
+    order = np.argsort(-cand_s, kind="mergesort")
+    filled = 0
+    p = 0
+    while filled < k and p < order.size:
+        q = order[p]
+        if cand_i[q] >= 0:
+            out_s[j, filled] = cand_s[q]
+            out_i[j, filled] = cand_i[q]
+            filled += 1
+        p += 1
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _merge_heaps(heap_s: np.ndarray, heap_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n_chunks, m, kk = heap_s.shape
+    m = heap_s.shape[1]
     out_s = np.full((m, k), -np.inf, dtype=np.float32)
     out_i = np.full((m, k), -1, dtype=np.int64)
     for j in prange(m):
-        cand_s = heap_s[:, j, :].copy().reshape(n_chunks * kk)
-        cand_i = heap_i[:, j, :].copy().reshape(n_chunks * kk)
-        # Stable sort: the result does not depend on the thread schedule.
-        order = np.argsort(-cand_s, kind="mergesort")
-        filled = 0
-        p = 0
-        while filled < k and p < order.size:
-            q = order[p]
-            if cand_i[q] >= 0:
-                out_s[j, filled] = cand_s[q]
-                out_i[j, filled] = cand_i[q]
-                filled += 1
-            p += 1
+        _merge_query(heap_s, heap_i, j, k, out_s, out_i)
+    return out_s, out_i
+
+
+@njit(cache=True, nogil=True)
+def _merge_heaps_serial(heap_s: np.ndarray, heap_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    # _merge_heaps without a parallel region, after BLAS: Numba's threads would spin into its next call.
+    m = heap_s.shape[1]
+    out_s = np.full((m, k), -np.inf, dtype=np.float32)
+    out_i = np.full((m, k), -1, dtype=np.int64)
+    for j in range(m):
+        _merge_query(heap_s, heap_i, j, k, out_s, out_i)
     return out_s, out_i
 
 
@@ -174,24 +191,6 @@ def _select_tile(
                 if row[c] > worst and alive[t0 + c]:
                     _heap_offer(hs, hi, k, row[c], t0 + c)
                     worst = hs[0]
-
-
-@njit(cache=True, nogil=True)
-def _sorted_heaps(heap_s: np.ndarray, heap_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    # _merge_heaps for one heap per query, serial: a parallel region here would leave Numba's threads
-    # spinning into the next batch's BLAS call.
-    m = heap_s.shape[1]
-    out_s = np.full((m, k), -np.inf, dtype=np.float32)
-    out_i = np.full((m, k), -1, dtype=np.int64)
-    for j in range(m):
-        order = np.argsort(-heap_s[0, j], kind="mergesort")
-        filled = 0
-        for q in order:
-            if heap_i[0, j, q] >= 0:
-                out_s[j, filled] = heap_s[0, j, q]
-                out_i[j, filled] = heap_i[0, j, q]
-                filled += 1
-    return out_s, out_i
 
 
 def _blas_heaps(
@@ -254,7 +253,7 @@ def topk_inner_product(
         return np.empty((m, 0), dtype=np.float32), np.empty((m, 0), dtype=np.int64)
     if m >= _BLAS_MIN_QUERIES:
         heap_s, heap_i = _blas_heaps(db, n, alive, queries, k)
-        return _sorted_heaps(heap_s, heap_i, k)
+        return _merge_heaps_serial(heap_s, heap_i, k)
     # One chunk per thread, but never chunks so small that the per-chunk heaps cost more than the scan.
     n_chunks = max(1, min(numba.get_num_threads(), n // max(4 * k, 1024)))
     heap_s, heap_i = _chunk_heaps(db, n, alive, queries, k, n_chunks)

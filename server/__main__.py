@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from embedder import malloc
 from embedder.errors import AssetMissing
-from server import logs
+from server import logs, memory
 from server.app import AddressUnavailable, serve
 from server.auth import KeyFileError
 from server.config import Config
@@ -21,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visionsearch-server: {e}", file=sys.stderr)
         return 2
     logs.configure(config.log_level)
-    malloc.return_large_frees_to_the_os()
+    memory.return_large_frees_to_the_os()
     try:
         serve(config)
     except (UnsafeBind, TlsConfigError, KeyFileError) as e:

@@ -10,9 +10,8 @@ search (bench/latency.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -20,7 +19,7 @@ from opentelemetry import trace
 log = logging.getLogger("visionsearch.tracing")
 
 _tracer = trace.get_tracer("visionsearch")
-_NO_SPAN = contextlib.nullcontext()
+_NO_SPAN = nullcontext()
 _enabled = False
 
 
