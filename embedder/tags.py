@@ -96,9 +96,9 @@ class HierarchyTagger:
         self.lemmas = [taxonomy.synsets[s].lemmas for s in nodes]
         rows = [ci for m in members for ci in m]
         cols = [n for n, m in enumerate(members) for _ in m]
-        self._membership = np.zeros((n_classes, len(nodes)), np.float32)
-        self._membership[rows, cols] = 1.0
-        sizes = self._membership.sum(axis=0)
+        self.membership = np.zeros((n_classes, len(nodes)), np.float32)  # class -> synsets above it
+        self.membership[rows, cols] = 1.0
+        sizes = self.membership.sum(axis=0)
         spec = 1.0 - np.log(sizes) / math.log(n_classes)
         self.specificity = np.clip(spec, 0.0, 1.0).astype(np.float32) ** self.settings.specificity_power
         by_form: dict[str, list[int]] = {}
@@ -110,7 +110,7 @@ class HierarchyTagger:
     def classes_of(self, word: str) -> set[int]:
         """The ImageNet classes under the synsets a word names."""
         nodes = self._by_form.get(word_form(word), [])
-        return {int(c) for n in nodes for c in np.flatnonzero(self._membership[:, n])}
+        return {int(c) for n in nodes for c in np.flatnonzero(self.membership[:, n])}
 
     def knows(self, word: str) -> bool:
         """Whether a word names a class or a hypernym of one (in any of its forms)."""
@@ -118,7 +118,7 @@ class HierarchyTagger:
 
     def scores(self, probs: np.ndarray) -> np.ndarray:
         """(m, classes) class probabilities -> (m, synsets) tag scores in [0, 1]."""
-        return (probs @ self._membership) * self.specificity
+        return (probs @ self.membership) * self.specificity
 
     def tags(
         self,

@@ -140,3 +140,25 @@ def test_an_unknown_mode_is_refused(client: Client) -> None:
 def test_client_refuses_an_unknown_mode_name(client: Client) -> None:
     with pytest.raises(ValueError, match="mode"):
         client.tag(LION.read_bytes(), mode="fuzzy")
+
+
+def test_the_tag_bound_counts_what_the_top_classes_can_name(tagger: HierarchyTagger) -> None:
+    """training.tag_bound: a hierarchy word over the top classes hits the photo's name or its parent."""
+    from training.tag_bound import bounds, reachable
+    from training.zero_shot import TagTruth
+
+    def lemma(w: str) -> str:
+        return w[:-1] if w.endswith("s") else w
+
+    lion = TagTruth(0, "lion", frozenset({"lion"}), frozenset({"big cat", "cat"}))
+    sure = one_hot(("lion", 1.0))[0]
+    wrong_first = one_hot(("chow", 0.6), ("lion", 0.4))[0]
+    assert reachable(tagger, sure, lion, 1, lemma)
+    assert not reachable(tagger, wrong_first, lion, 1, lemma)  # a chow's chain names no cat
+    assert reachable(tagger, wrong_first, lion, 5, lemma)
+    assert reachable(tagger, wrong_first, lion, None, lemma)
+    crow = TagTruth(1, "crow", frozenset({"crow"}), frozenset({"corvine bird"}))
+    assert not reachable(tagger, sure, crow, 1, lemma)  # a lion's chain names no corvine bird
+    assert reachable(tagger, sure, crow, None, lemma)  # the magpie's and the jay's do
+    got = bounds(tagger, np.stack([sure, wrong_first]), [lion, lion], lemma)
+    assert got == {"top_1": 0.5, "top_5": 1.0, "top_10": 1.0}
