@@ -13,9 +13,14 @@ At batch 64 the hand-blocked loop reached about half of this machine's sgemm rat
 micro-kernels reach the rate itself, and the selection pass costs a few percent on top.
 """
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from numba import njit, prange
+
+from kernels import blas
 
 _QUERY_BLOCK = 4
 _TILE = 128
@@ -25,8 +30,10 @@ _BLAS_TILE_ROWS = 4096  # 64 queries x 4096 rows of float32 scores = 1 MiB, with
 
 @njit(inline="always", nogil=True)
 def _heap_offer(hs: np.ndarray, hi: np.ndarray, k: int, score: np.float32, idx: int) -> None:
-    # Min-heap with the worst kept score at the root; a score not above the root is rejected at once,
-    # which is the common case once the heap has warmed up.
+    # Min-heap with the worst kept entry at the root; a score not above the root's is rejected at once,
+    # which is the common case once the heap has warmed up. Rows arrive in increasing order, so a tie loses
+    # to what is kept; "worse" is a lower score, or an equal score on a higher row, so that every chunking
+    # of the rows keeps, and the merge returns, the same rows: best score first, lowest row among ties.
     if score <= hs[0]:
         return
     hs[0] = score
@@ -37,9 +44,9 @@ def _heap_offer(hs: np.ndarray, hi: np.ndarray, k: int, score: np.float32, idx: 
         if c >= k:
             break
         r = c + 1
-        if r < k and hs[r] < hs[c]:
+        if r < k and (hs[r] < hs[c] or (hs[r] == hs[c] and hi[r] > hi[c])):
             c = r
-        if hs[c] < hs[p]:
+        if hs[c] < hs[p] or (hs[c] == hs[p] and hi[c] > hi[p]):
             hs[c], hs[p] = hs[p], hs[c]
             hi[c], hi[p] = hi[p], hi[c]
             p = c
@@ -129,8 +136,9 @@ def _merge_query(heap_s, heap_i, j, k, out_s, out_i):  # type: ignore[no-untyped
     n_chunks, _, kk = heap_s.shape
     cand_s = heap_s[:, j, :].copy().reshape(n_chunks * kk)
     cand_i = heap_i[:, j, :].copy().reshape(n_chunks * kk)
-    # Stable sort: the result does not depend on the thread schedule.
-    order = np.argsort(-cand_s, kind="mergesort")
+    # By score, then row: the result depends on neither the thread schedule nor the number of chunks.
+    by_row = np.argsort(cand_i, kind="mergesort")
+    order = by_row[np.argsort(-cand_s[by_row], kind="mergesort")]
     filled = 0
     p = 0
     while filled < k and p < order.size:
@@ -208,6 +216,44 @@ def _blas_heaps(
     return heap_s, heap_i
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _blas_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != threads:
+            _pool = ThreadPoolExecutor(threads, "topk-blas")
+        return _pool
+
+
+def _blas_heaps_split(
+    db: np.ndarray, n: int, alive: np.ndarray, queries: np.ndarray, k: int, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    # One contiguous chunk of tiles per thread, each thread's sgemm on its own core (one BLAS thread) and its
+    # own heaps: a core never idles while the other selects. _merge_heaps_serial merges the chunks in chunk
+    # order, so the result does not depend on the schedule.
+    m = queries.shape[0]
+    tiles = (n + _BLAS_TILE_ROWS - 1) // _BLAS_TILE_ROWS
+    per = (tiles + threads - 1) // threads
+    heap_s = np.full((threads, m, k), -np.inf, dtype=np.float32)
+    heap_i = np.full((threads, m, k), -1, dtype=np.int64)
+
+    def chunk(c: int) -> None:
+        buf = np.empty((m, _BLAS_TILE_ROWS), dtype=np.float32)
+        for t in range(c * per, min(tiles, (c + 1) * per)):
+            t0, t1 = t * _BLAS_TILE_ROWS, min(n, (t + 1) * _BLAS_TILE_ROWS)
+            out = buf if t1 - t0 == _BLAS_TILE_ROWS else np.empty((m, t1 - t0), dtype=np.float32)
+            np.matmul(queries, db[t0:t1].T, out=out)
+            _select_tile(out, t0, alive, heap_s[c : c + 1], heap_i[c : c + 1], k)
+
+    with blas.one_thread_per_call():
+        for f in [_blas_pool(threads).submit(chunk, c) for c in range(threads)]:
+            f.result()
+    return heap_s, heap_i
+
+
 def trim_unfilled(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cut the unfilled slots (row -1) that fewer live rows than k leave at the end of each result row."""
     if rows.size and rows[:, -1].min() < 0:
@@ -252,7 +298,11 @@ def topk_inner_product(
     if k == 0 or m == 0:
         return np.empty((m, 0), dtype=np.float32), np.empty((m, 0), dtype=np.int64)
     if m >= _BLAS_MIN_QUERIES:
-        heap_s, heap_i = _blas_heaps(db, n, alive, queries, k)
+        threads = min(numba.get_num_threads(), (n + _BLAS_TILE_ROWS - 1) // _BLAS_TILE_ROWS)
+        if threads > 1 and blas.available():
+            heap_s, heap_i = _blas_heaps_split(db, n, alive, queries, k, threads)
+        else:
+            heap_s, heap_i = _blas_heaps(db, n, alive, queries, k)
         return _merge_heaps_serial(heap_s, heap_i, k)
     # One chunk per thread, but never chunks so small that the per-chunk heaps cost more than the scan.
     n_chunks = max(1, min(numba.get_num_threads(), n // max(4 * k, 1024)))

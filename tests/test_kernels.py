@@ -162,6 +162,51 @@ def test_topk_same_result_for_any_thread_count(db64: np.ndarray) -> None:
         np.testing.assert_array_equal(rows, results[0][1])
 
 
+def test_topk_blas_path_same_result_split_or_serial(db64: np.ndarray) -> None:
+    # From 16 queries up: one BLAS chunk per Numba thread (each on one BLAS thread) or, on one thread, the
+    # serial tile loop. Both must be right, ties included; their scores may differ in the last bit (BLAS on
+    # one thread or two rounds differently), so tied duplicates may swap places, never scores.
+    db = np.concatenate([db64, db64[:3000]])  # duplicate rows: exact ties across chunks
+    queries = unit_rows(np.random.default_rng(6), 32, 64)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results.append(topk_inner_product(db, queries, 40))
+    finally:
+        numba.set_num_threads(before)
+    for scores, rows in results:
+        check_topk(scores, rows, reference_scores(db, queries), 40)
+        np.testing.assert_allclose(scores, results[0][0], rtol=TOL, atol=TOL)
+        assert ((rows % 20_000) == (results[0][1] % 20_000)).mean() > 0.95
+
+
+def test_blas_one_thread_window_restores_the_count_after_concurrent_uses() -> None:
+    from kernels import blas
+
+    if not blas.available():
+        pytest.skip("numpy's BLAS here is not OpenBLAS: the window is a no-op and the kernel stays serial")
+    get, _ = blas._openblas()
+    before = get()
+    inside: list[int] = []
+    gate = threading.Barrier(2)
+
+    def user() -> None:
+        with blas.one_thread_per_call():
+            gate.wait()  # both inside at once
+            inside.append(get())
+            gate.wait()
+
+    threads = [threading.Thread(target=user) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert inside == [1, 1]
+    assert get() == before
+
+
 # ----------------------------------------------------------------------------------------------------------
 # topk_inner_product: edge cases
 

@@ -1,0 +1,84 @@
+"""The BLAS numpy calls, switched to one thread per call while a kernel runs its own threads over it.
+
+The exact kernel can run one single-threaded sgemm and its selection per core, side by side, instead of one
+two-threaded sgemm followed by a serial selection that leaves a core idle. OpenBLAS's thread count is one
+setting for the whole process (``openblas_set_num_threads_local`` too, despite its name: it returns the
+previous count, and the count is global), so ``one_thread_per_call`` sets it to 1 for the first kernel that
+enters and restores it when the last one leaves. Other threads' matmuls in that window run on one thread:
+slower, never wrong.
+
+numpy's OpenBLAS is found among the libraries this process has loaded; without it, ``available`` is False
+and callers keep their serial path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np  # noqa: F401  (loads numpy's BLAS before the search below)
+
+# (get, set) thread-count functions: OpenBLAS's own names, and those of the scipy-openblas build numpy wheels
+# ship (the names threadpoolctl looks for too).
+_NAMES = (
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+)
+_lock = threading.Lock()
+_depth = 0
+_saved = 0
+
+
+@functools.cache
+def _openblas() -> Any:
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = {line.split()[-1] for line in maps.splitlines() if "openblas" in line.rsplit("/", 1)[-1].lower()}
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in _NAMES:
+            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and put is not None:
+                get.argtypes, get.restype = [], ctypes.c_int
+                put.argtypes, put.restype = [ctypes.c_int], None
+                return get, put
+    return None
+
+
+def available() -> bool:
+    """Whether ``one_thread_per_call`` can change numpy's BLAS here."""
+    return _openblas() is not None
+
+
+@contextmanager
+def one_thread_per_call() -> Iterator[None]:
+    """Inside, each BLAS call runs on its calling thread alone (nested and concurrent uses share a window)."""
+    global _depth, _saved
+    lib = _openblas()
+    if lib is None:
+        yield
+        return
+    get, put = lib
+    with _lock:
+        if _depth == 0:
+            _saved = get()
+            put(1)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                put(_saved)
