@@ -162,12 +162,13 @@ def test_topk_same_result_for_any_thread_count(db64: np.ndarray) -> None:
         np.testing.assert_array_equal(rows, results[0][1])
 
 
-def test_topk_blas_path_same_result_split_or_serial(db64: np.ndarray) -> None:
+@pytest.mark.parametrize("m", [32, 600])  # 600: several tiles per thread's chunk, the last one short
+def test_topk_blas_path_same_result_split_or_serial(db64: np.ndarray, m: int) -> None:
     # From 16 queries up: one BLAS chunk per Numba thread (each on one BLAS thread) or, on one thread, the
     # serial tile loop. Both must be right, ties included; their scores may differ in the last bit (BLAS on
     # one thread or two rounds differently), so tied duplicates may swap places, never scores.
     db = np.concatenate([db64, db64[:3000]])  # duplicate rows: exact ties across chunks
-    queries = unit_rows(np.random.default_rng(6), 32, 64)
+    queries = unit_rows(np.random.default_rng(6), m, 64)
     before = numba.get_num_threads()
     results = []
     try:
