@@ -75,12 +75,13 @@ def test_lsh_with_the_pca_prefilter_keeps_recall(data: tuple[np.ndarray, np.ndar
     assert checked.mean() < 0.2 * len(db)
 
 
+@pytest.mark.parametrize("reduced_dim", [0, 16])  # stage 1 on the full vectors, or on int8 PCA codes
 def test_lsh_never_returns_dead_rows_and_sees_added_rows(
-    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], reduced_dim: int
 ) -> None:
     db, queries, truth = data
     n_built = 4000
-    lsh = RandomProjectionLSH(48, LSHParams(bits=10, tables=8, probes=16))
+    lsh = RandomProjectionLSH(48, LSHParams(bits=10, tables=8, probes=16, reduced_dim=reduced_dim))
     lsh.build(db, np.arange(n_built))
     lsh.add(db, np.arange(n_built, len(db)))
     assert lsh.delta_size == len(db) - n_built
