@@ -81,7 +81,9 @@ class Config:
     fashion_sample: int = _setting(
         1000, "Fashion-MNIST test photos in the default collection (spread over classes)"
     )
-    embed_max_batch: int = _setting(8, "images one dynamically batched torch forward may gather")
+    # 2: EfficientNet-Lite1 on one thread embeds fastest per image at batch 2 (79 images/s on two streams,
+    # 49 at batch 8; bench/embed_throughput.py's sweep), and a worker per core already overlaps batches.
+    embed_max_batch: int = _setting(2, "images one dynamically batched torch forward may gather")
     embed_max_wait_ms: float = _setting(
         2.0, "how long the embedding worker waits for more images after the first of a batch"
     )
