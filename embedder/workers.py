@@ -23,12 +23,15 @@ import numpy as np
 
 log = logging.getLogger("visionsearch.embedder")
 
+_IDLE_TRIM_S = 1.0
+
 
 def _serve(conn: Connection, weights: str, threads: int, backbone: str) -> None:
     """The child's loop: crops in, features out; an exception is sent back as its text."""
     import torch  # already imported, with the network, by the fork server (embedder.preload)
 
     from embedder import preload
+    from embedder.heap import release_free_memory
 
     # glibc's mmap threshold stays dynamic here, unlike in the server: with it fixed at 4 MiB every forward
     # mapped its activations afresh and page-faulted them in, and Embed over gRPC fell from 54 to 26
@@ -36,9 +39,16 @@ def _serve(conn: Connection, weights: str, threads: int, backbone: str) -> None:
     torch.set_num_threads(threads)
     net = preload.network(weights, backbone)
     conn.send(("ready", None))
+    worked = False
     while True:
         try:
+            # After a second without work, what the last batches left free goes back to the OS: a bulk
+            # build or a burst otherwise stays in this worker's heap for good.
+            if worked and not conn.poll(_IDLE_TRIM_S):
+                release_free_memory()
+                worked = False
             pixels = conn.recv()
+            worked = True
         except EOFError:
             return
         if pixels is None:

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from embedder.heap import release_free_memory
 from server import handlers, tracing
 from server.aio import (
     REFLECTION_V1,
@@ -214,6 +215,7 @@ def create_server(config: Config, services: Services | None = None) -> Running:
 def serve(config: Config) -> None:
     running = create_server(config)
     frozen = freeze_startup_heap()
+    release_free_memory()  # what start-up (a default collection's build) freed, back to the OS
     log.info("start-up heap frozen", extra={"objects": frozen})
     done = threading.Event()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -43,3 +44,23 @@ def test_a_dead_worker_is_replaced(pool: ForwardPool) -> None:
     with pytest.raises(RuntimeError, match="died"):
         pool.forward(np.stack([decode_pixels(LION.read_bytes(), 10**8)]))
     assert pool.forward(np.stack([decode_pixels(LION.read_bytes(), 10**8)])).shape == (1, 1280)
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_an_idle_worker_gives_a_big_batchs_memory_back(pool: ForwardPool) -> None:
+    # A forward of 32 images leaves its activations free in the worker's heap; a second of idleness later
+    # the worker has trimmed them (embedder/heap.py), so a bulk build does not stay resident.
+    worker = pool._idle.get()
+    pool._idle.put(worker)
+    crops = np.stack([decode_pixels(LION.read_bytes(), 10**8)] * 32)
+    pool.forward(crops)
+    after_batch = _rss_mb(worker.proc.pid)
+    deadline = time.monotonic() + 10
+    while _rss_mb(worker.proc.pid) > after_batch - 50 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _rss_mb(worker.proc.pid) <= after_batch - 50, (after_batch, _rss_mb(worker.proc.pid))
+    assert pool.forward(crops[:2]).shape == (2, 1280)  # and it goes on serving
