@@ -382,6 +382,20 @@ def test_topk_live_rows_in_one_chunk_only() -> None:
         check_topk(scores, rows, reference_scores(db, queries, alive=alive), 10, live_rows)
 
 
+@pytest.mark.parametrize("dead_fraction", [0.5, 0.999])
+def test_topk_blas_split_path_skips_dead_rows_and_rows_past_n(dead_fraction: float) -> None:
+    # 40 queries over 20,000 rows take the BLAS path, split over the threads when there are several (each
+    # thread's transposed tiles and selection); dead rows and rows past n must never come back.
+    rng = np.random.default_rng(23)
+    db = unit_rows(rng, 20_000, 32)
+    queries = unit_rows(rng, 40, 32)
+    n = 17_001
+    alive = (rng.random(20_000) >= dead_fraction).astype(np.uint8)
+    scores, rows = topk_inner_product(db, queries, 12, n=n, alive=alive)
+    live = np.flatnonzero(alive[:n])
+    check_topk(scores, rows, reference_scores(db, queries, n=n, alive=alive), 12, live)
+
+
 def test_topk_all_dead_returns_width_zero() -> None:
     rng = np.random.default_rng(20)
     db = unit_rows(rng, 300, 9)
