@@ -8,7 +8,10 @@ enters and restores it when the last one leaves. Other threads' matmuls in that 
 slower, never wrong.
 
 numpy's OpenBLAS is found among the libraries this process has loaded; without it, ``available`` is False
-and callers keep their serial path.
+and callers keep their serial path. threadpoolctl is not used for this: its OpenBLAS controller ignores
+thread-count changes from any thread but the first that made one (so kernels called from gRPC threads would
+silently keep two BLAS threads), and its ``limit`` context restores what it saw on entry, which two
+overlapping windows would leave at 1.
 """
 
 from __future__ import annotations

@@ -147,16 +147,23 @@ def test_topk_query_order_does_not_matter(db37: np.ndarray) -> None:
         assert set(r1[0]) == set(r_all[j])
 
 
-def test_topk_same_result_for_any_thread_count(db64: np.ndarray) -> None:
-    queries = unit_rows(np.random.default_rng(5), 13, 64)
+def topk_on_one_and_all_threads(
+    db: np.ndarray, queries: np.ndarray, k: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     before = numba.get_num_threads()
     results = []
     try:
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(threads)
-            results.append(topk_inner_product(db64, queries, 25))
+            results.append(topk_inner_product(db, queries, k))
     finally:
         numba.set_num_threads(before)
+    return results
+
+
+def test_topk_same_result_for_any_thread_count(db64: np.ndarray) -> None:
+    queries = unit_rows(np.random.default_rng(5), 13, 64)
+    results = topk_on_one_and_all_threads(db64, queries, 25)
     for scores, rows in results:
         check_topk(scores, rows, reference_scores(db64, queries), 25)
         np.testing.assert_array_equal(rows, results[0][1])
@@ -169,14 +176,7 @@ def test_topk_blas_path_same_result_split_or_serial(db64: np.ndarray, m: int) ->
     # one thread or two rounds differently), so tied duplicates may swap places, never scores.
     db = np.concatenate([db64, db64[:3000]])  # duplicate rows: exact ties across chunks
     queries = unit_rows(np.random.default_rng(6), m, 64)
-    before = numba.get_num_threads()
-    results = []
-    try:
-        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(threads)
-            results.append(topk_inner_product(db, queries, 40))
-    finally:
-        numba.set_num_threads(before)
+    results = topk_on_one_and_all_threads(db, queries, 40)
     for scores, rows in results:
         check_topk(scores, rows, reference_scores(db, queries), 40)
         np.testing.assert_allclose(scores, results[0][0], rtol=TOL, atol=TOL)
