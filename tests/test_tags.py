@@ -147,8 +147,10 @@ def test_the_tag_bound_counts_what_the_top_classes_can_name(tagger: HierarchyTag
     from training.tag_bound import bounds, reachable
     from training.zero_shot import TagTruth
 
-    def lemma(w: str) -> str:
-        return w[:-1] if w.endswith("s") else w
+    class lemma:
+        @staticmethod
+        def morphy(w: str, pos: str) -> str | None:
+            return w[:-1] if w.endswith("s") else None
 
     lion = TagTruth(0, "lion", frozenset({"lion"}), frozenset({"big cat", "cat"}))
     sure = one_hot(("lion", 1.0))[0]

@@ -17,41 +17,34 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedder.tags import HierarchyTagger
-from training.zero_shot import TagTruth
+from training.zero_shot import TagTruth, tag_hits
 
 BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 TOPS = (1, 5, 10)
 
 
-def hits(truth: TagTruth, words: Iterable[str], lemma: Callable[[str], str]) -> bool:
-    """Whether a word, or its lemma, names the photo or its parent (the rule of ``score_tags``)."""
-    targets = truth.name_words | truth.parents
-    return any(w in targets or lemma(w) in targets for w in words)
-
-
-def reachable(
-    tagger: HierarchyTagger, probs: np.ndarray, truth: TagTruth, top: int | None, lemma: Callable[[str], str]
-) -> bool:
-    """Whether any hierarchy tag over the ``top`` most probable classes (every class when None) hits."""
+def reachable(tagger: HierarchyTagger, probs: np.ndarray, truth: TagTruth, top: int | None, wn: Any) -> bool:
+    """Whether any hierarchy tag over the ``top`` most probable classes (every class when None) hits, by the
+    rule of ``score_tags`` (``tag_hits``)."""
     classes = np.arange(probs.shape[0]) if top is None else np.argsort(-probs, kind="stable")[:top]
     nodes = np.flatnonzero(tagger.membership[classes].sum(axis=0) > 0)
-    words = {w.lower() for n in nodes for w in (tagger.words[n], *tagger.lemmas[n])}
-    return hits(truth, words, lemma)
+    words = sorted({w.lower() for n in nodes for w in (tagger.words[n], *tagger.lemmas[n])})
+    return any(tag_hits(truth, words, wn))
 
 
 def bounds(
-    tagger: HierarchyTagger, probs: np.ndarray, truths: Sequence[TagTruth], lemma: Callable[[str], str]
+    tagger: HierarchyTagger, probs: np.ndarray, truths: Sequence[TagTruth], wn: Any
 ) -> dict[str, float]:
     n = max(1, len(truths))
     return {
-        f"top_{top}": sum(reachable(tagger, p, t, top, lemma) for p, t in zip(probs, truths, strict=True)) / n
+        f"top_{top}": sum(reachable(tagger, p, t, top, wn) for p, t in zip(probs, truths, strict=True)) / n
         for top in TOPS
     }
 
@@ -69,11 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     truths = tag_truths(ev.corpus, wn)
     rows = [t.row for t in truths]
 
-    def lemma(w: str) -> str:
-        return " ".join(wn.morphy(x, "n") or x for x in w.split())
-
     tagger = HierarchyTagger(ev.taxonomy())
-    anything = sum(reachable(tagger, np.ones(tagger.membership.shape[0]), t, None, lemma) for t in truths)
+    anything = sum(reachable(tagger, np.ones(tagger.membership.shape[0]), t, None, wn) for t in truths)
     report: dict[str, Any] = {"photos": len(truths), "any_class": anything / max(1, len(truths))}
     print(f"{len(truths)} photos; a hierarchy word hits for {report['any_class']:.3f} over every class")
     probs = {
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, pr in probs.items():
         tags = [[w for w, _ in t] for t in tagger.tags(pr, 5)]
         scored = score_tags(truths, tags, wn)[0]["name_or_parent_in_top5"]
-        report[name] = {"hierarchy_tags_top5": scored, **bounds(tagger, pr, truths, lemma)}
+        report[name] = {"hierarchy_tags_top5": scored, **bounds(tagger, pr, truths, wn)}
         r = report[name]
         print(
             f"{name}: hierarchy tags {scored:.3f}; reachable over the top 1 / 5 / 10 classes "

@@ -208,6 +208,19 @@ def tag_form(word: str) -> str:
     return word_form(word)
 
 
+def noun_lemma(wn: Any, word: str) -> str:
+    """A tag's lemma, word by word (WordNet's morphy as a noun): "lions" -> "lion"."""
+    return " ".join(wn.morphy(x, "n") or x for x in word.split())
+
+
+def tag_hits(t: TagTruth, words: Sequence[str], wn: Any) -> tuple[bool, bool]:
+    """(a word names the photo, a word names its direct parent), each word as given or as its lemma."""
+    lemmas = {noun_lemma(wn, w) for w in words}
+    name_hit = bool(lemmas & t.name_words) or any(w in t.name_words for w in words)
+    parent_hit = bool(set(words) & t.parents) or bool(lemmas & t.parents)
+    return name_hit, parent_hit
+
+
 def score_tags(
     truths: Sequence[TagTruth], tags: Sequence[Sequence[str]], wn: Any, k: int = 5
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -216,9 +229,7 @@ def score_tags(
     rows = []
     for t, ts in zip(truths, tags, strict=True):
         top = [w.lower() for w in ts[:k]]
-        lemmas = {" ".join(wn.morphy(x, "n") or x for x in w.split()) for w in top}
-        name_hit = bool(lemmas & t.name_words) or any(w in t.name_words for w in top)
-        parent_hit = bool({w for w in top} & t.parents) or bool(lemmas & t.parents)
+        name_hit, parent_hit = tag_hits(t, top, wn)
         forms = [tag_form(w) for w in top]
         rows.append({
             "photo": t.photo, "tags": list(ts[:k]), "name_hit": name_hit, "parent_hit": parent_hit,
