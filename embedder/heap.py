@@ -15,17 +15,18 @@ from collections.abc import Callable
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if not name:
+def glibc_function(name: str) -> Callable[..., int] | None:
+    """A function of the C library, or None where it has none of that name (not glibc)."""
+    lib = ctypes.util.find_library("c")
+    if not lib:
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        return getattr(ctypes.CDLL(lib), name)
+    except (OSError, AttributeError):
         return None
 
 
 def release_free_memory() -> bool:
     """Return free heap pages to the OS; False where the C library cannot (not glibc)."""
-    trim = _malloc_trim()
+    trim = glibc_function("malloc_trim")
     return bool(trim(0)) if trim is not None else False

@@ -9,9 +9,9 @@ embedding workers keep glibc's default (see embedder/workers.py).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
+
+from embedder.heap import glibc_function
 
 log = logging.getLogger("visionsearch.server")
 
@@ -21,15 +21,11 @@ MMAP_THRESHOLD = 4 << 20
 
 def return_large_frees_to_the_os() -> bool:
     """Fix glibc's mmap threshold (False where the C library is not glibc)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):
+    mallopt = glibc_function("mallopt")
+    if mallopt is None:
         log.warning("could not set the C library's mmap threshold; large frees may stay resident")
         return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def freeze_startup_heap() -> int:
