@@ -7,11 +7,16 @@ previous count, and the count is global), so ``one_thread_per_call`` sets it to 
 enters and restores it when the last one leaves. Other threads' matmuls in that window run on one thread:
 slower, never wrong.
 
-numpy's OpenBLAS is found among the libraries this process has loaded; without it, ``available`` is False
-and callers keep their serial path. threadpoolctl is not used for this: its OpenBLAS controller ignores
-thread-count changes from any thread but the first that made one (so kernels called from gRPC threads would
-silently keep two BLAS threads), and its ``limit`` context restores what it saw on entry, which two
-overlapping windows would leave at 1.
+numpy's OpenBLAS is found through numpy's own extension module: a symbol looked up in that module's handle
+resolves in the libraries it was linked against, so another OpenBLAS loaded into the process (faiss-cpu
+bundles one) is never the one changed. Picking the first OpenBLAS in the process's memory map did exactly that
+once faiss was imported: the window changed faiss's count, numpy's sgemm kept two threads under each of the
+kernel's two threads, and the exact kernel ran ~10% slower. Without an OpenBLAS behind numpy, ``available`` is
+False and callers keep their serial path.
+
+threadpoolctl is not used for this: its OpenBLAS controller ignores thread-count changes from any thread but
+the first that made one (so kernels called from gRPC threads would silently keep two BLAS threads), and its
+``limit`` context restores what it saw on entry, which two overlapping windows would leave at 1.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import numpy as np  # noqa: F401  (loads numpy's BLAS before the search below)
+from numpy._core import _multiarray_umath  # type: ignore[attr-defined]  # numpy's C core: the handle to look symbols up in
 
 # (get, set) thread-count functions: OpenBLAS's own names, and those of the scipy-openblas build numpy wheels
 # ship (the names threadpoolctl looks for too).
@@ -41,21 +45,15 @@ _saved = 0
 @functools.cache
 def _openblas() -> Any:
     try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
+        lib = ctypes.CDLL(_multiarray_umath.__file__)
+    except (OSError, AttributeError, TypeError):
         return None
-    paths = {line.split()[-1] for line in maps.splitlines() if "openblas" in line.rsplit("/", 1)[-1].lower()}
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get_name, set_name in _NAMES:
-            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
-            if get is not None and put is not None:
-                get.argtypes, get.restype = [], ctypes.c_int
-                put.argtypes, put.restype = [ctypes.c_int], None
-                return get, put
+    for get_name, set_name in _NAMES:
+        get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
+        if get is not None and put is not None:
+            get.argtypes, get.restype = [], ctypes.c_int
+            put.argtypes, put.restype = [ctypes.c_int], None
+            return get, put
     return None
 
 

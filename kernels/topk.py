@@ -1,18 +1,18 @@
 """Fused batched inner-product top-k: scores and each query's best k in one pass over the database.
 
-The database is split into one contiguous chunk per thread; each thread walks its chunk in tiles and keeps
-a bounded min-heap per query, so the full (queries x database) score matrix is never materialised. Queries
-are processed in blocks of four against pairs of rows, so every value loaded is used several times: at batch 1
-the loop is bound by memory bandwidth, at larger batches this register blocking (and never writing the score
+The database is split into one contiguous chunk per thread; each thread walks its chunk in tiles and keeps a
+bounded min-heap per query, so the full (queries x database) score matrix is never materialised. Queries are
+processed in blocks of four against pairs of rows, so every value loaded is used several times: at batch 1 the
+loop is bound by memory bandwidth, at larger batches this register blocking (and never writing the score
 matrix out) is what beats a BLAS matmul followed by argpartition. For cosine similarity, store and query unit
 vectors.
 
-From ``_BLAS_MIN_QUERIES`` queries up, the scores come from BLAS (sgemm) a tile of rows at a time instead,
-and a Numba pass keeps each query's best k of each tile. With more than one thread, each thread takes one
-contiguous part of the rows and runs its own sgemm calls on one BLAS thread beside the others (tiles of up
-to 8 MiB of scores); on one thread a serial loop of ``m x _BLAS_TILE_ROWS`` tiles, sized for the cache, uses
-BLAS's own threads. At batch 64 the hand-blocked loop reached about half of the square-matrix sgemm rate;
-the BLAS path runs at about 90% of its own multiply (bench/exact.py prints both).
+From ``_BLAS_MIN_QUERIES`` queries up, the scores come from BLAS (sgemm) a tile of rows at a time instead, and
+a Numba pass keeps each query's best k of each tile. With more than one thread, each thread takes one
+contiguous part of the rows and runs its own sgemm calls on one BLAS thread beside the others (tiles of 256
+KiB of scores, within a core's L2); on one thread a serial loop of ``m x _BLAS_TILE_ROWS`` tiles, sized for
+the cache, uses BLAS's own threads. At batch 64 the hand-blocked loop reached about half of the square-matrix
+sgemm rate; the BLAS path runs at about 97% of its own multiply (bench/exact.py prints both).
 """
 
 import threading
@@ -28,7 +28,8 @@ _QUERY_BLOCK = 4
 _TILE = 128
 _BLAS_MIN_QUERIES = 16
 _BLAS_TILE_ROWS = 4096  # 64 queries x 4096 rows of float32 scores = 1 MiB, within L2
-_SPLIT_TILE_BYTES = 8 << 20
+_SPLIT_TILE_BYTES = 256 << 10  # of scores per thread's tile: within its core's L2 across sgemm's K blocks
+_SPLIT_TILE_MIN_ROWS = 1024
 
 
 @njit(inline="always", nogil=True)
@@ -262,12 +263,12 @@ def _blas_heaps_split(
     # One contiguous chunk of tiles per thread, each thread's sgemm on its own core (one BLAS thread) and its
     # own heaps: a core never idles while the other selects. _merge_heaps_serial merges the chunks in chunk
     # order, so the result does not depend on the schedule.
-    # With one BLAS thread per core the tiles can be larger than the shared-L2 tiles of the serial path:
-    # fewer, longer sgemm calls measured up to a quarter faster at 64 queries (bench/exact.py's A/B), so
-    # each thread's tile is bounded by bytes (8 MiB of scores), not by cache.
+    # Each thread's tile of scores stays in its own core's L2 (256 KiB: 1,024 rows at 64 queries), since
+    # sgemm writes it once per block of the 784-long dot products; tiles of 8 MiB ran ~4% slower at 64
+    # queries once the BLAS window really held numpy's BLAS at one thread (kernels/blas.py).
     m = queries.shape[0]
     per = (n + threads - 1) // threads
-    tile = min(per, max(_BLAS_TILE_ROWS, _SPLIT_TILE_BYTES // (4 * m)))
+    tile = min(per, max(_SPLIT_TILE_MIN_ROWS, _SPLIT_TILE_BYTES // (4 * m)))
     heap_s = np.full((threads, m, k), -np.inf, dtype=np.float32)
     heap_i = np.full((threads, m, k), -1, dtype=np.int64)
 

@@ -6,7 +6,11 @@ true inner products, sorted best first, no duplicate or dead rows.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -206,6 +210,61 @@ def test_blas_one_thread_window_restores_the_count_after_concurrent_uses() -> No
         t.join()
     assert inside == [1, 1]
     assert get() == before
+
+
+_OTHER_THREADS_CPU = """
+import faiss  # faiss-cpu bundles an OpenBLAS of its own, loaded here before numpy's is looked for
+import os, sys, threading, time
+import numpy as np
+from kernels import blas
+
+a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+me = threading.get_native_id()
+
+def others():  # CPU seconds used so far by every thread of this process but this one
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != me:
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+def work():
+    time.sleep(0.5)  # BLAS's idle helper stops spin-waiting
+    before = others()
+    for _ in range(30):
+        a @ a
+    return others() - before
+
+outside = work()
+with blas.one_thread_per_call():
+    inside = work()
+print(outside, inside)
+"""
+
+
+def test_blas_window_changes_numpys_blas_even_with_another_openblas_loaded_first() -> None:
+    # Behaviour, not names: outside the window numpy's sgemm shares the work with BLAS's helper thread;
+    # inside it the calling thread does it all. The subprocess imports faiss first, whose own OpenBLAS once
+    # took the window's change (numpy's sgemm then kept its helper under every kernel thread).
+    from kernels import blas
+
+    if not blas.available():
+        pytest.skip("numpy's BLAS here is not OpenBLAS: the window is a no-op and the kernel stays serial")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: OpenBLAS runs no helper thread, so outside and inside cannot differ")
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_THREADS_CPU],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "2"},
+        check=True,
+    )
+    outside, inside = map(float, done.stdout.split())
+    assert outside > 0.1, done.stdout  # the control: two BLAS threads outside the window
+    assert inside < 0.25 * outside, done.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------
