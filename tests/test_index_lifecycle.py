@@ -180,3 +180,26 @@ def test_vector_dtypes_the_index_does_not_take_are_refused(client: Client, fresh
     info = client.create_collection(fresh_name, dim=4, index="hnsw", vector_dtype="f16")
     assert info.vector_dtype == "f16"
     client.drop_collection(fresh_name)
+
+
+def test_a_new_graph_is_f16_unless_named_and_other_indexes_stay_f32(client: Client, fresh_name: str) -> None:
+    # "" picks the graph type at creation (f16 where a local HNSW graph may be built) and the collection
+    # keeps it; an explicit type is kept as given.
+    for index, expected in (("hnsw", "f16"), ("auto", "f16"), ("exact", "f32"), ("lsh", "f32")):
+        info = client.create_collection(fresh_name, dim=4, index=index)
+        assert info.vector_dtype == expected, index
+        assert client.get_collection(fresh_name).vector_dtype == expected, index
+        client.drop_collection(fresh_name)
+    client.create_collection(fresh_name, dim=4)  # index auto: an f16 graph
+    # An empty collection's index may change; the default graph type follows it.
+    assert client.update_collection(fresh_name, index="exact").vector_dtype == "f32"
+    assert client.update_collection(fresh_name, index="hnsw").vector_dtype == "f16"
+    client.drop_collection(fresh_name)
+    info = client.create_collection(fresh_name, dim=4, index="auto", vector_dtype="f32")
+    assert info.vector_dtype == "f32"
+    client.drop_collection(fresh_name)
+
+
+def test_settings_saved_before_the_f16_default_keep_their_f32_graph() -> None:
+    saved = {"name": "old", "dim": 8, "metric": "cosine", "index": "hnsw"}  # no vector_dtype: an older save
+    assert CollectionSettings.from_dict(saved).vector_dtype == "f32"

@@ -50,7 +50,7 @@ def _config(st: CollectionSettings) -> pb.CollectionConfig:
         hnsw=pb.HnswConfig(connectivity=st.hnsw_connectivity, expansion_add=st.hnsw_expansion_add),
         payload_indexes=[pb.PayloadIndex(key=k, type=TYPE_ENUMS[t]) for k, t in st.payload_indexes],
         backend=st.backend,
-        vector_dtype=st.vector_dtype,
+        vector_dtype=st.graph_dtype,
     )
 
 
@@ -110,7 +110,7 @@ class CollectionServicer(pb_grpc.CollectionServiceServicer):
             payload_indexes=tuple(indexes_from_pb(cfg.payload_indexes).items()),
             uid=uuid.uuid4().hex,
             backend=cfg.backend or "local",
-            vector_dtype=cfg.vector_dtype or "f32",
+            vector_dtype=cfg.vector_dtype,
         )
         if cfg.joint.startswith(("head:", "head+conse:")) and cfg.embedder in embedder_names():
             # A head maps features of one input size; the collection must embed its images at that size.

@@ -40,6 +40,14 @@ METRICS = ("cosine", "inner_product")
 BACKENDS = ("local", "milvus")
 
 
+def default_vector_dtype(index: str, backend: str) -> str:
+    """The graph type of a new collection that names none: f16 where a local HNSW graph may be built. Its
+    candidates are re-scored in float32, so results keep their recall, and at half the bytes a graph walk
+    misses cache half as often (60k x 784: 182 against 357 us a search at recall 0.974 either way, bench/
+    latency.py's collection; 1M x 1280: p99 1.27 against 5.76 ms, README "Scaling")."""
+    return "f16" if backend == "local" and index in ("hnsw", "auto") else "f32"
+
+
 @dataclass(frozen=True)
 class CollectionSettings:
     name: str
@@ -60,7 +68,9 @@ class CollectionSettings:
     uid: str = ""
     # Where the items live: "local" (this data folder) or "milvus" (server.storage.milvus).
     backend: str = "local"
-    # How the HNSW graph stores its vectors (f32, f16, i8); the exact storage stays float32.
+    # How the HNSW graph stores its vectors (f32, f16, i8), or "" for the default of the index in force
+    # (``graph_dtype``); the exact storage stays float32. Settings saved before "" meant f16 for graphs say
+    # f32 explicitly or nothing: either way f32, as they were built.
     vector_dtype: str = "f32"
 
     @classmethod
@@ -76,7 +86,13 @@ class CollectionSettings:
 
     @property
     def hnsw(self) -> HNSWParams:
-        return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add, dtype=self.vector_dtype)
+        return HNSWParams(self.hnsw_connectivity, self.hnsw_expansion_add, dtype=self.graph_dtype)
+
+    @property
+    def graph_dtype(self) -> str:
+        """The HNSW graph's vector type: the one asked for, or the default for this index and backend, so
+        an empty collection whose index changes gets the default of its new index."""
+        return self.vector_dtype or default_vector_dtype(self.index, self.backend)
 
     def validate(self, known_embedders: dict[str, int], known_joints: dict[str, int]) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -112,7 +128,7 @@ class CollectionSettings:
                     f"payload index {quote(key, 40)}: type {quote(kind)} is not {FIELD_TYPES}",
                 )
             seen.add(key)
-        if self.vector_dtype not in DTYPES:
+        if self.vector_dtype and self.vector_dtype not in DTYPES:
             fail(
                 Error.BAD_REQUEST,
                 f"vector_dtype {quote(self.vector_dtype)} is not one HNSW supports: {', '.join(DTYPES)}",
@@ -122,7 +138,7 @@ class CollectionSettings:
                 Error.BAD_REQUEST,
                 "vector_dtype i8 needs metric cosine (its graph compares by cosine): use f16",
             )
-        if self.vector_dtype != "f32" and self.index not in ("hnsw", "auto"):
+        if self.vector_dtype not in ("", "f32") and self.index not in ("hnsw", "auto"):
             fail(
                 Error.BAD_REQUEST,
                 f"vector_dtype {self.vector_dtype} applies to the HNSW graph: use index hnsw or auto "

@@ -1248,9 +1248,13 @@ class CollectionConfig(_message.Message):
     `index` and `hnsw` settings do not apply), and filters run in Milvus as expressions.
     """
     vector_dtype: _builtins.str
-    """How the HNSW graph stores its copy of the vectors: "" or "f32", "f16" (half the graph's memory), "i8"
-    (a quarter). For index HNSW or AUTO only (INVALID_ARGUMENT otherwise, or for another value); exact
-    storage, snapshots and exact re-scoring stay float32. README "Scaling" has the measured trade-offs.
+    """How the HNSW graph stores its copy of the vectors: "f32", "f16" (half the graph's memory, and faster to
+    walk), "i8" (a quarter). For index HNSW or AUTO only (INVALID_ARGUMENT otherwise, or for another
+    value); exact storage, snapshots and exact re-scoring stay float32, and a quantized graph's candidates
+    are re-scored in float32. "" means the default of the index in force: "f16" for a local HNSW or AUTO
+    collection, "f32" otherwise (so it follows an index change while the collection is empty). Until
+    December 2026 "" meant "f32"; collections created then keep it. GetCollection reports the type in
+    force. README "Scaling" has the measured trade-offs.
     """
     @_builtins.property
     def hnsw(self) -> Global___HnswConfig:
