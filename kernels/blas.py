@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-from numpy._core import _multiarray_umath  # type: ignore[attr-defined]  # numpy's C core: the handle to look symbols up in
 
 # (get, set) thread-count functions: OpenBLAS's own names, and those of the scipy-openblas build numpy wheels
 # ship (the names threadpoolctl looks for too).
@@ -42,11 +41,27 @@ _depth = 0
 _saved = 0
 
 
+def _numpy_core_path() -> str | None:
+    """The file of numpy's C extension (numpy 2's ``_core``, numpy 1's ``core``), or None if not a file."""
+    for name in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        path = getattr(module, "__file__", None)
+        # CDLL(None) would open the whole process: every OpenBLAS in it again, the bug this lookup avoids.
+        return path if isinstance(path, str) else None
+    return None
+
+
 @functools.cache
 def _openblas() -> Any:
+    path = _numpy_core_path()
+    if path is None:
+        return None
     try:
-        lib = ctypes.CDLL(_multiarray_umath.__file__)
-    except (OSError, AttributeError, TypeError):
+        lib = ctypes.CDLL(path)
+    except OSError:
         return None
     for get_name, set_name in _NAMES:
         get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)

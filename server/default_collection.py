@@ -91,7 +91,10 @@ def ensure_default_collection(services: Services) -> Collection:
         store.drop(NAME)
         exists = False
     if not exists:
-        store.create(CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name, JOINT))
+        # vector_dtype "": the default graph type of new collections, should it ever grow to need a graph
+        store.create(
+            CollectionSettings(NAME, embedder.dim, "cosine", embedder.model_name, JOINT, vector_dtype="")
+        )
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(recipe))
     collection = store.get_local(NAME)
