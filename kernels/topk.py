@@ -12,7 +12,7 @@ a Numba pass keeps each query's best k of each tile. With more than one thread, 
 contiguous part of the rows and runs its own sgemm calls on one BLAS thread beside the others (tiles of 256
 KiB of scores, within a core's L2); on one thread a serial loop of ``m x _BLAS_TILE_ROWS`` tiles, sized for
 the cache, uses BLAS's own threads. At batch 64 the hand-blocked loop reached about half of the square-matrix
-sgemm rate; the BLAS path runs at about 97% of its own multiply (bench/exact.py prints both).
+sgemm rate; the BLAS path runs at 93-97% of its own multiply (bench/exact.py prints both).
 """
 
 import threading

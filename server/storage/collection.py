@@ -38,6 +38,7 @@ MAX_ID_BYTES = 256
 MAX_DIM = 65536
 METRICS = ("cosine", "inner_product")
 BACKENDS = ("local", "milvus")
+GRAPH_INDEXES = ("hnsw", "auto")  # the index settings under which an HNSW graph may be built
 
 
 def default_vector_dtype(index: str, backend: str) -> str:
@@ -45,7 +46,7 @@ def default_vector_dtype(index: str, backend: str) -> str:
     candidates are re-scored in float32, so results keep their recall, and at half the bytes a graph walk
     misses cache half as often (60k x 784: 182 against 357 us a search at recall 0.974 either way, bench/
     latency.py's collection; 1M x 1280: p99 1.27 against 5.76 ms, README "Scaling")."""
-    return "f16" if backend == "local" and index in ("hnsw", "auto") else "f32"
+    return "f16" if backend == "local" and index in GRAPH_INDEXES else "f32"
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class CollectionSettings:
                 Error.BAD_REQUEST,
                 "vector_dtype i8 needs metric cosine (its graph compares by cosine): use f16",
             )
-        if self.vector_dtype not in ("", "f32") and self.index not in ("hnsw", "auto"):
+        if self.vector_dtype not in ("", "f32") and self.index not in GRAPH_INDEXES:
             fail(
                 Error.BAD_REQUEST,
                 f"vector_dtype {self.vector_dtype} applies to the HNSW graph: use index hnsw or auto "

@@ -215,7 +215,9 @@ class Client:
         """``hnsw_connectivity`` (M) and ``hnsw_expansion_add`` (ef_construction) shape the HNSW graph when
         the index is or becomes HNSW; 0 takes the server's defaults (16, 128). ``payload_indexes`` maps
         payload keys to keyword, integer, float or bool: the fields filters may use. ``backend`` "milvus"
-        keeps the items in the Milvus the server was started with (--milvus-uri)."""
+        keeps the items in the Milvus the server was started with (--milvus-uri). ``vector_dtype`` (f32, f16,
+        i8) is how the HNSW graph stores its vectors; "" takes the server's default (f16 for index hnsw or
+        auto, f32 otherwise)."""
         req = cv.create_request(
             name, dim, metric, embedder, joint, index, recall_target, hnsw_connectivity, hnsw_expansion_add,
             payload_indexes, backend, vector_dtype,
