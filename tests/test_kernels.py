@@ -19,6 +19,7 @@ import pytest
 import kernels.topk as topk_module
 from kernels.exact import ExactIndex
 from kernels.normalize import has_nonfinite, l2_normalize, row_norms
+from kernels.rescore import rescore
 from kernels.topk import topk_inner_product
 
 TOL = 1e-5
@@ -781,3 +782,42 @@ def test_parallel_kernels_run_on_a_thread_safe_layer() -> None:
 
     topk_inner_product(np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32), 2)
     assert numba.threading_layer() in ("omp", "tbb")
+
+
+# ----------------------------------------------------------------------------- rescore (quantized graphs)
+
+
+@pytest.mark.parametrize("m,c,k", [(1, 20, 10), (3, 7, 10), (5, 64, 64)])
+def test_rescore_equals_a_numpy_ranking_of_the_candidates(m: int, c: int, k: int) -> None:
+    rng = np.random.default_rng(11)
+    db = unit_rows(rng, 500, 33)
+    queries = unit_rows(rng, m, 33)
+    rows = np.stack([rng.choice(500, c, replace=False) for _ in range(m)]).astype(np.int64)
+    rows[0, ::3] = -1  # a graph short of candidates leaves holes
+    scores, got = rescore(db, queries, rows, k)
+    assert scores.shape == got.shape == (m, k)
+    for j in range(m):
+        cand = rows[j][rows[j] >= 0]
+        exact = db[cand] @ queries[j]
+        order = np.argsort(-exact, kind="stable")[:k]
+        width = len(order)
+        np.testing.assert_array_equal(got[j, :width], cand[order])
+        np.testing.assert_allclose(scores[j, :width], exact[order], rtol=1e-5, atol=1e-6)
+        assert (got[j, width:] == -1).all() and np.isneginf(scores[j, width:]).all()
+
+
+def test_rescore_keeps_the_graphs_order_between_equal_scores_and_refuses_bad_rows() -> None:
+    db = np.zeros((6, 4), np.float32)
+    db[:, 0] = [0.5, 0.9, 0.5, 0.5, 0.1, 0.9]
+    q = np.array([[1, 0, 0, 0]], np.float32)
+    scores, rows = rescore(db, q, np.array([[3, 5, 0, 1, 2]]), 4)
+    assert rows.tolist() == [[5, 1, 3, 0]]  # 5 before 1 and 3 before 0: as the candidates came
+    np.testing.assert_allclose(scores, [[0.9, 0.9, 0.5, 0.5]])
+    with pytest.raises(IndexError, match=r"-1 or within 0\.\.5"):
+        rescore(db, q, np.array([[6]]), 1)
+    with pytest.raises(IndexError):
+        rescore(db, q, np.array([[-2]]), 1)
+    with pytest.raises(ValueError, match="rows must be"):
+        rescore(db, q, np.array([1, 2]), 1)
+    with pytest.raises(TypeError):
+        rescore(db.astype(np.float64), q, np.array([[1]]), 1)

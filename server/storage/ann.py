@@ -29,6 +29,7 @@ import numpy as np
 from kernels import ExactIndex
 from kernels.hnsw import HNSWIndex, HNSWParams
 from kernels.lsh import MAX_PROBES, LSHParams, RandomProjectionLSH
+from kernels.rescore import rescore
 from kernels.topk import trim_unfilled
 from kernels.tuning import AUTO_EXACT_BELOW, build_hnsw, tune_hnsw_ef, tune_lsh
 from server.storage import snapshot
@@ -53,15 +54,6 @@ class _Choice:
 
 
 _EXACT = _Choice("exact")
-
-
-def rescore(db: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best k of each query's candidate rows by exact float32 score (missing candidates, -1, last)."""
-    safe = np.where(rows >= 0, rows, 0)
-    exact = np.einsum("qd,qcd->qc", queries, db[safe])
-    exact = np.where(rows >= 0, exact, -np.inf).astype(np.float32)
-    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-    return trim_unfilled(np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1))
 
 
 def state_path(folder: Path, generation: int) -> Path:
@@ -384,4 +376,4 @@ class AnnManager:
                     return trim_unfilled(scores, rows)
         if self._choice is not choice:
             return index.search(queries, k)  # the graph moved to a compacted layout meanwhile
-        return rescore(st.vectors, queries, rows, k)
+        return trim_unfilled(*rescore(st.vectors, queries, rows, k))
