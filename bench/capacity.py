@@ -35,8 +35,8 @@ from scale import mixture, recall
 
 from kernels import topk_inner_product
 from kernels.hnsw import HNSWIndex, HNSWParams
+from kernels.rescore import rescore
 from kernels.tuning import build_hnsw
-from server.storage.ann import rescore
 
 OUT = Path(__file__).resolve().parent / "results" / "capacity.json"
 EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)

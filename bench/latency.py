@@ -10,15 +10,12 @@ Latency is measured from each request's scheduled send time (no coordinated omis
 falls behind shows up as latency, and its lag is printed too.
 Then a sweep on the last mode raises the rate until p99 passes ``--p99-bound-ms``.
 
-Three floors are measured in the same run, sequentially and unloaded, so the server's own overhead shows
-(the echo again for each server design, call by call between its Count and Search calls, which the
-overheads use, so that the machine's drift between measurements cancels):
+Three floors are measured in the same run, sequentially and unloaded, so the server's own overhead shows:
 - **echo**: a bare grpcio asyncio server (bench/_echo.py) answering a request of a Search's size with bytes
   of a Search response's size: what any grpcio service pays;
 - **index**: the collection's index searching one query in this process, no gRPC (the graph the server
-  opens), each search after the thread idles for half an echo round trip, as an unloaded server's core
-  idles between calls (measured back to back too, and printed: on the slower VM type a walk after 0.2-0.7 ms
-  idle took 115-195 us longer, cache and wake-up effects of an idle core that no server code removes);
+  opens), back to back; also printed, not used by the targets: the same with the thread sleeping half an
+  echo round trip before each search, a diagnostic of how much a pause slows the walk on this machine;
 - **Count** and **Search** through the server. Overheads are Search - echo - index and Count - echo.
 Then, in a run of its own (spans cost microseconds), a per-stage breakdown of one Search and one Count from
 the server's OpenTelemetry spans, sent to a collector in this process (bench/_stages.py).
@@ -43,14 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
-from _echo import METHOD as ECHO_METHOD  # bench/ is on sys.path when a bench script runs
 from _machine import banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from _stages import Collector  # bench/ is on sys.path when a bench script runs
@@ -74,31 +68,20 @@ def fill(data: Path, base: np.ndarray) -> str:
         return in_use  # the server's stop snapshots the collection with its graph
 
 
-async def floor_ms(
-    address: str, queries: np.ndarray, n: int = 500, echo_address: str | None = None
-) -> dict[str, float]:
-    """Sequential (unloaded) p50 of a Count, the cheapest RPC, and of a search: the per-call floor. With
-    ``echo_address``, each round also makes one bare echo call first (key ``echo``): the three are measured
-    interleaved, so that this machine's drift (±0.15 ms on the echo between runs minutes apart) cancels."""
-    async with (
-        grpc.aio.insecure_channel(address) as ch,
-        grpc.aio.insecure_channel(echo_address or address) as eh,
-    ):
+async def floor_ms(address: str, queries: np.ndarray, n: int = 500) -> dict[str, float]:
+    """Sequential (unloaded) p50 of a Count, the cheapest RPC, and of a search: the per-call floor."""
+    async with grpc.aio.insecure_channel(address) as ch:
         count = ch.unary_unary("/visionsearch.v1.CollectionService/Count")
         search = ch.unary_unary("/visionsearch.v1.SearchService/Search")
-        echo = eh.unary_unary(ECHO_METHOD) if echo_address else None
         creq = pb.CountRequest(collection="fmnist").SerializeToString()
-        sreqs = [search_request(q) for q in queries[:n]]
+        sreqs = [
+            pb.SearchRequest(collection="fmnist", vector=pb.Vector(f32=q.tobytes()), k=10).SerializeToString()
+            for q in queries[:n]
+        ]
         for r in sreqs[:50]:
             await search(r)
-            if echo is not None:
-                await echo(r)
-        lat: dict[str, list[float]] = {"count": [], "search": []} | ({"echo": []} if echo else {})
+        lat: dict[str, list[float]] = {"count": [], "search": []}
         for r in sreqs:
-            if echo is not None:
-                t0 = time.perf_counter()
-                await echo(r)
-                lat["echo"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             await count(creq)
             t1 = time.perf_counter()
@@ -112,9 +95,8 @@ def search_request(q: np.ndarray) -> bytes:
     return pb.SearchRequest(collection="fmnist", vector=pb.Vector(f32=q.tobytes()), k=10).SerializeToString()
 
 
-@contextmanager
-def echo_server(response_bytes: int) -> Iterator[str]:
-    """A bare grpcio server (bench/_echo.py) in a child process answering ``response_bytes``; its address."""
+def echo_floor_ms(queries: np.ndarray, response_bytes: int, n: int = 500) -> float:
+    """Sequential p50 of a bare grpcio round trip with a Search's request and response sizes."""
     proc = subprocess.Popen(
         [sys.executable, str(BENCH / "_echo.py"), "--response-bytes", str(response_bytes)],
         stdout=subprocess.PIPE, text=True,
@@ -123,35 +105,30 @@ def echo_server(response_bytes: int) -> Iterator[str]:
         assert proc.stdout is not None
         m = re.search(r"listening on (\S+)", proc.stdout.readline())
         assert m, "the echo server did not start"
-        yield m.group(1)
+        reqs = [search_request(q) for q in queries[:n]]
+
+        async def go() -> float:
+            async with grpc.aio.insecure_channel(m.group(1)) as ch:
+                echo = ch.unary_unary("/bench.Echo/Echo")
+                for r in reqs[:50]:
+                    await echo(r)
+                lat = []
+                for r in reqs:
+                    t0 = time.perf_counter()
+                    await echo(r)
+                    lat.append(time.perf_counter() - t0)
+                return float(np.median(lat) * 1000)
+
+        return asyncio.run(go())
     finally:
         proc.kill()
         proc.wait()
 
 
-def echo_floor_ms(echo_address: str, queries: np.ndarray, n: int = 500) -> float:
-    """Sequential p50 of a bare grpcio round trip with a Search's request and response sizes."""
-    reqs = [search_request(q) for q in queries[:n]]
-
-    async def go() -> float:
-        async with grpc.aio.insecure_channel(echo_address) as ch:
-            echo = ch.unary_unary(ECHO_METHOD)
-            for r in reqs[:50]:
-                await echo(r)
-            lat = []
-            for r in reqs:
-                t0 = time.perf_counter()
-                await echo(r)
-                lat.append(time.perf_counter() - t0)
-            return float(np.median(lat) * 1000)
-
-    return asyncio.run(go())
-
-
 def index_floor_ms(data: Path, queries: np.ndarray, n: int = 2000, idle_s: float = 0.0) -> tuple[float, int]:
     """Sequential p50 of the collection's index searching one query (k = 10) in this process, no gRPC; and
     the size of the Search response the server sends for such a query. With ``idle_s``, the thread sleeps
-    that long before each timed search, as an unloaded server's core idles between calls."""
+    that long before each timed search (a diagnostic: how much slower a walk is on a core that idled)."""
     from server.storage.store import CollectionStore
 
     store = CollectionStore(
@@ -240,44 +217,34 @@ def main() -> None:
     base, queries = fashion(2000)
     RESULTS.mkdir(exist_ok=True)
     summary: dict[str, object] = {"rate": args.rate, "seconds": args.seconds, "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+    with tempfile.TemporaryDirectory() as tmp:
         qfile, data = Path(tmp) / "queries.npy", Path(tmp) / "data"
         np.save(qfile, queries)
         in_use = fill(data, base)
         print(f"collection: 60,000 x 784, {in_use}")
         summary["index_in_use"] = in_use
-        tight_ms, response_bytes = index_floor_ms(data, queries)
-        echo_address = stack.enter_context(echo_server(response_bytes))
-        echo_ms = echo_floor_ms(echo_address, queries)
-        # An unloaded server's core idles for about a round trip between calls; on this VM (guest haltpoll
-        # with no polling) a graph walk right after an idle gap took ~160 us longer than back to back, which
-        # is the machine, not the server's code. The index floor is measured both ways; targets use the gap.
-        # Half an echo round trip: the conservative end of the time the core waits between sequential calls.
-        index_ms, _ = index_floor_ms(data, queries, n=1000, idle_s=echo_ms / 2000)
+        index_ms, response_bytes = index_floor_ms(data, queries)
+        echo_ms = echo_floor_ms(queries, response_bytes)
+        # A diagnostic, not a floor the targets use: the same walks, each after the thread slept half an echo
+        # round trip. On the slower VM type (idle vCPUs halt without polling) walks after a pause were slower.
+        idle_ms, _ = index_floor_ms(data, queries, n=1000, idle_s=echo_ms / 2000)
         print(f"floors: bare grpcio echo p50 {echo_ms:.3f} ms ({response_bytes} B responses); "
-              f"index alone p50 {index_ms:.3f} ms after idling half an echo "
-              f"({tight_ms:.3f} ms back to back)")  # fmt: skip
+              f"index alone p50 {index_ms:.3f} ms (after a pause of half an echo: "
+              f"{idle_ms:.3f} ms)")  # fmt: skip
         summary["echo_p50_ms"], summary["index_p50_ms"] = echo_ms, index_ms
-        summary["index_back_to_back_p50_ms"] = tight_ms
+        summary["index_after_pause_p50_ms"] = idle_ms
         summary["engine"] = args.engine
         modes = args.modes.split(",")
         if unknown := set(modes) - set(VARIANTS):
             ap.error(f"unknown --modes {sorted(unknown)}: choose from {sorted(VARIANTS)}")
         for mode in modes:
             with BenchServer(*VARIANTS[mode], data_dir=data) as server:
-                floor = asyncio.run(floor_ms(server.address, queries, echo_address=echo_address))
-                # Against the echo measured in the same loop, call by call beside Count and Search.
-                over_search = floor["search"] - floor["echo"] - index_ms
-                over_tight = floor["search"] - floor["echo"] - tight_ms
-                over_count = floor["count"] - floor["echo"]
-                print(
-                    f"[{mode}] unloaded p50s, interleaved: echo {floor['echo']:.3f} ms, "
-                    f"Count {floor['count']:.3f}, Search {floor['search']:.3f}"
-                )
+                floor = asyncio.run(floor_ms(server.address, queries))
+                over_search = floor["search"] - echo_ms - index_ms
+                over_count = floor["count"] - echo_ms
                 print(
                     f"[{mode}] over the floors: Search +{over_search:.3f} ms (target <= 0.25: "
-                    f"{'met' if over_search <= 0.25 else 'NOT met'}; +{over_tight:.3f} over the back-to-back "
-                    f"index floor), Count +{over_count:.3f} ms "
+                    f"{'met' if over_search <= 0.25 else 'NOT met'}), Count +{over_count:.3f} ms "
                     f"(target <= 0.1: {'met' if over_count <= 0.1 else 'NOT met'})"
                 )
                 config = LoadConfig(
@@ -296,8 +263,7 @@ def main() -> None:
                     f"generator lag p99 {lag.get('p99', float('nan')):.2f} ms"
                 )
                 summary[mode] = {"floor_p50_ms": floor, "latency_ms": lat, "lag_ms": lag,
-                                 "over_echo_and_index_ms": {"search": over_search, "count": over_count,
-                                                            "search_vs_back_to_back_index": over_tight},
+                                 "over_echo_and_index_ms": {"search": over_search, "count": over_count},
                                  "throughput": report.throughput, "errors": report.errors}  # fmt: skip
                 if mode == modes[-1]:
                     print(f"targets p50 <= 1 ms: {'met' if lat['p50'] <= 1 else 'NOT met'}; "

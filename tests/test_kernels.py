@@ -813,6 +813,13 @@ def test_rescore_keeps_the_graphs_order_between_equal_scores_and_refuses_bad_row
     scores, rows = rescore(db, q, np.array([[3, 5, 0, 1, 2]]), 4)
     assert rows.tolist() == [[5, 1, 3, 0]]  # 5 before 1 and 3 before 0: as the candidates came
     np.testing.assert_allclose(scores, [[0.9, 0.9, 0.5, 0.5]])
+    # Past the few elements a sort handles by insertion (stable by accident): 80 candidates, 40 of them tied.
+    big = np.zeros((200, 4), np.float32)
+    big[:, 0] = np.where(np.arange(200) % 2 == 0, 0.5, 0.25)
+    cand = np.random.default_rng(3).permutation(200)[:80]
+    _, top = rescore(big, q, cand[None, :], 80)
+    tied = [r for r in cand if r % 2 == 0]
+    assert top[0].tolist() == tied + [r for r in cand if r % 2 == 1]
     with pytest.raises(IndexError, match=r"-1 or within 0\.\.5"):
         rescore(db, q, np.array([[6]]), 1)
     with pytest.raises(IndexError):
