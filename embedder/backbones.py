@@ -14,12 +14,16 @@ classifier (a linear layer on exactly those features) that ConSE reads class pro
 
 from __future__ import annotations
 
+import copy
 import importlib
+import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from embedder import assets
 from embedder.errors import AssetMissing
@@ -89,8 +93,52 @@ class _LiteFeatures(torch.nn.Module):
         return self.net.extract_features(x)  # type: ignore[operator]
 
 
+log = logging.getLogger("visionsearch.embedder")
+
+
+def fold_batch_norms(module: torch.nn.Module) -> int:
+    """Fold every eval-mode BatchNorm2d registered right after a Conv2d into that convolution's weights and
+    bias (the norm becomes an Identity); returns how many were folded. In eval a BatchNorm is a fixed
+    per-channel scale and shift, but run as its own layer it reads and writes every activation once more:
+    folded, one-thread forwards ran 9-22% faster in five of six 3 s rounds, one level (MobileNetV2 and
+    EfficientNet-Lite1 at batch 2), with features
+    within 1.2e-6 of the unfolded network's largest value. Registration order is not call order in every
+    model, so ``build`` checks the folded network against the original before keeping it."""
+    folded = 0
+    for parent in list(module.modules()):
+        names = list(parent._modules)
+        for a, b in itertools.pairwise(names):
+            conv, norm = parent._modules[a], parent._modules[b]
+            if (
+                isinstance(conv, torch.nn.Conv2d)
+                and isinstance(norm, torch.nn.BatchNorm2d)
+                and not norm.training
+            ):
+                parent._modules[a] = fuse_conv_bn_eval(conv, norm)
+                parent._modules[b] = torch.nn.Identity()
+                folded += 1
+    return folded
+
+
+def _folded(features: torch.nn.Module, backbone: Backbone) -> torch.nn.Module:
+    """``features`` with its batch norms folded, if the folded network computes the same features (one
+    seeded random image at the backbone's size); otherwise ``features`` unchanged."""
+    fused = copy.deepcopy(features)
+    if not fold_batch_norms(fused):
+        return features
+    size = backbone.default_size
+    x = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = features(x), fused(x)
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
+        log.warning("%s: folding its batch norms changed its features; running it unfolded", backbone.name)
+        return features
+    return fused
+
+
 def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.Linear]:
-    """The backbone's convolutional layers (images -> feature maps) and its ImageNet classifier."""
+    """The backbone's convolutional layers (images -> feature maps, batch norms folded into the
+    convolutions) and its ImageNet classifier."""
     if backbone.name == "mobilenet_v2":
         # Imported here only: torchvision brings torch._dynamo, ~150 MB the other backbones do without.
         import torchvision
@@ -100,7 +148,7 @@ def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.L
         net.eval()
         linear = net.classifier[-1]
         assert isinstance(linear, torch.nn.Linear)
-        return net.features, linear
+        return _folded(net.features, backbone), linear
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
@@ -111,4 +159,4 @@ def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.L
     lite = EfficientNet.from_name(backbone.name.replace("_", "-"))
     lite.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     lite.eval()
-    return _LiteFeatures(lite).eval(), lite._fc
+    return _folded(_LiteFeatures(lite).eval(), backbone), lite._fc
