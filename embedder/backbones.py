@@ -112,7 +112,7 @@ def fold_batch_norms(module: torch.nn.Module) -> int:
             if (
                 isinstance(conv, torch.nn.Conv2d)
                 and isinstance(norm, torch.nn.BatchNorm2d)
-                and not norm.training
+                and not (conv.training or norm.training)
             ):
                 parent._modules[a] = fuse_conv_bn_eval(conv, norm)
                 parent._modules[b] = torch.nn.Identity()
@@ -128,8 +128,15 @@ def _folded(features: torch.nn.Module, backbone: Backbone) -> torch.nn.Module:
         return features
     size = backbone.default_size
     x = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        want, got = features(x), fused(x)
+    # On one thread: the fork server builds networks before forking its workers, and a child of a process
+    # whose OpenMP pool has started can hang in its own first parallel region.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            want, got = features(x), fused(x)
+    finally:
+        torch.set_num_threads(threads)
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
         log.warning("%s: folding its batch norms changed its features; running it unfolded", backbone.name)
         return features
@@ -159,4 +166,9 @@ def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.L
     lite = EfficientNet.from_name(backbone.name.replace("_", "-"))
     lite.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     lite.eval()
-    return _folded(_LiteFeatures(lite).eval(), backbone), lite._fc
+    features = _folded(_LiteFeatures(lite).eval(), backbone)
+    assert isinstance(features, _LiteFeatures)
+    # The classifier of the network kept, so that a folded copy does not hold a second one (5 MB for Lite1).
+    fc = features.net._fc
+    assert isinstance(fc, torch.nn.Linear)
+    return features, fc

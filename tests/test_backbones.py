@@ -80,3 +80,23 @@ def test_mobilenet_is_built_folded_with_the_features_of_the_unfolded_network() -
     with torch.inference_mode():
         want, got = plain.features(x).numpy(), features(x).numpy()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_the_default_lite_backbone_is_built_folded_with_the_features_of_the_unfolded_network() -> None:
+    lite = pytest.importorskip(
+        "efficientnet_lite_pytorch", reason="EfficientNet-Lite is built by this package"
+    )
+    spec = BACKBONES["efficientnet_lite1"]
+    weights = str(spec.weights())
+    features, classifier = build(spec, weights)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in features.modules())
+    plain = lite.EfficientNet.from_name("efficientnet-lite1")
+    plain.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    plain.eval()
+    # Its padding layers survive the fold (the convolutions keep their classes), and one classifier is held.
+    assert {type(m) for m in features.modules()} >= {type(plain._conv_stem)}
+    assert classifier is features.net._fc
+    x = torch.rand(1, 3, spec.default_size, spec.default_size, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        want, got = plain.extract_features(x).numpy(), features(x).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
