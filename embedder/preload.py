@@ -16,6 +16,7 @@ import os
 import torch  # noqa: F401 - imported here to be shared by every worker
 
 from embedder.backbones import BACKBONES
+from embedder.heap import release_free_memory
 from embedder.image import ImageNetwork
 
 DEFAULT_BACKBONE = "efficientnet_lite1"  # server/config.py's default, which this package may not import
@@ -47,3 +48,6 @@ _load_default()
 # copying each page that holds one into the worker: frozen, those pages stay shared with the fork server.
 gc.collect()
 gc.freeze()
+# Building the network freed a copy of it (the unfolded one, embedder.backbones) and the activations of the
+# fold's check: handed back to the OS here, before any worker is forked, rather than kept in every heap.
+release_free_memory()
