@@ -28,6 +28,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from embedder import assets
 from embedder.errors import AssetMissing
 
+log = logging.getLogger("visionsearch.embedder")
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _TF_MEAN = (127.0 / 255.0,) * 3
@@ -93,17 +95,14 @@ class _LiteFeatures(torch.nn.Module):
         return self.net.extract_features(x)  # type: ignore[operator]
 
 
-log = logging.getLogger("visionsearch.embedder")
-
-
 def fold_batch_norms(module: torch.nn.Module) -> int:
     """Fold every eval-mode BatchNorm2d registered right after a Conv2d into that convolution's weights and
     bias (the norm becomes an Identity); returns how many were folded. In eval a BatchNorm is a fixed
     per-channel scale and shift, but run as its own layer it reads and writes every activation once more:
     folded, one-thread forwards ran 9-22% faster in five of six 3 s rounds, one level (MobileNetV2 and
-    EfficientNet-Lite1 at batch 2), with features
-    within 1.2e-6 of the unfolded network's largest value. Registration order is not call order in every
-    model, so ``build`` checks the folded network against the original before keeping it."""
+    EfficientNet-Lite1 at batch 2), with features within 1.2e-6 of the unfolded network's largest value.
+    Registration order is not call order in every model, so ``build`` checks the folded network against the
+    original before keeping it."""
     folded = 0
     for parent in list(module.modules()):
         names = list(parent._modules)
