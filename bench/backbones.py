@@ -22,6 +22,7 @@ import torch
 
 from embedder.backbones import BACKBONES
 from embedder.datasets import tuxpaint_photos
+from embedder.heap import reuse_freed_memory
 from embedder.image import ImageEmbedder, decode_pixels
 
 OUT = Path(__file__).resolve().parent / "results" / "backbones.json"
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
+    reuse_freed_memory()  # as in the server's workers and the ingest actors
     torch.set_num_threads(1)
     files = [ph.path.read_bytes() for ph in tuxpaint_photos()[: args.images]]
     embedders, crops = {}, {}

@@ -47,8 +47,10 @@ def embedding_rate(seconds: float, backbone: str) -> dict[str, Any]:
 
     from embedder.backbones import BACKBONES
     from embedder.datasets import tuxpaint_photos
+    from embedder.heap import reuse_freed_memory
     from embedder.image import ImageNetwork, decode_pixels
 
+    reuse_freed_memory()  # as in the server's workers and the ingest actors
     torch.set_num_threads(1)
     spec = BACKBONES[backbone]
     net = ImageNetwork(str(spec.weights()), backbone)

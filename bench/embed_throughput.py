@@ -39,6 +39,7 @@ from visionsearch.v1 import visionsearch_pb2_grpc as pb_grpc
 
 from embedder.backbones import BACKBONES
 from embedder.datasets import tuxpaint_photos
+from embedder.heap import reuse_freed_memory
 from embedder.image import ImageNetwork, decode_pixels
 
 OUT = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
@@ -58,6 +59,9 @@ class Raw:
     """The model's forward alone on preprocessed images: ``streams`` threads of ``threads`` torch threads."""
 
     def __init__(self, images: list[bytes], backbone: str) -> None:
+        # The same heap settings as the server's workers and the ingest actors, so that the ratios compare
+        # the serving paths and not the allocators.
+        reuse_freed_memory()
         spec = BACKBONES[backbone]
         self.network = ImageNetwork(str(spec.weights()), backbone)
         # uint8 crops, normalised inside the forward: what the server's worker processes are handed

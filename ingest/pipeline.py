@@ -76,7 +76,9 @@ class EmbedActor:
         import torch
 
         from embedder.backbones import BACKBONES
+        from embedder.heap import reuse_freed_memory
 
+        reuse_freed_memory()  # forwards reuse their activations, as in the server's workers
         torch.set_num_threads(1)
         self.network = ImageNetwork(str(BACKBONES[backbone].weights()), backbone)
         self.forward_batch = forward_batch

@@ -4,18 +4,17 @@ glibc gives each thread its own heap arena and, by default, serves allocations b
 up to 32 MiB from the heap. Decoded images are 16 MiB blocks (Pillow's) allocated on whichever pool thread
 decodes them: freed, they stay in that thread's arena, so four concurrent 36-megapixel images raised the
 server's resident memory by 2 GB for good. Allocations from 4 MiB up are mapped and unmapped instead. The
-embedding workers keep glibc's default (see embedder/workers.py).
+embedding workers do the opposite, so that forwards reuse their activations (see embedder/heap.py).
 """
 
 from __future__ import annotations
 
 import logging
 
-from embedder.heap import glibc_function
+from embedder.heap import M_MMAP_THRESHOLD, glibc_function
 
 log = logging.getLogger("visionsearch.server")
 
-_M_MMAP_THRESHOLD = -3  # from malloc.h
 MMAP_THRESHOLD = 4 << 20
 
 
@@ -25,7 +24,7 @@ def return_large_frees_to_the_os() -> bool:
     if mallopt is None:
         log.warning("could not set the C library's mmap threshold; large frees may stay resident")
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def freeze_startup_heap() -> int:
