@@ -157,13 +157,18 @@ def to_pixels(img: Image.Image, size: int = DEFAULT_SIZE) -> np.ndarray:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(canvas, rgba)
-    img = img.convert("RGB")
+    # Each step that would leave the image as it is is skipped: Pillow would copy it (a client that resizes
+    # before sending, as it should, sends exactly the crop).
+    if img.mode != "RGB":
+        img = img.convert("RGB")
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    if (nw, nh) != (size, size):
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
     return np.array(img, dtype=np.uint8)
 
 
