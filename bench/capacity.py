@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +137,9 @@ def main() -> None:
     args = ap.parse_args()
     print(banner(), flush=True)  # the machine, and its sgemm bound, with every result
     result: dict[str, Any] = {"machine": f"{cpu()} ({os.cpu_count()} cores)", "n": args.n}
-    result["embedding"] = embedding_rate(args.embed_seconds, args.backbone)
+    # In a process of its own: the forwards' heap settings (embedder/heap.py) stay out of the index builds.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        result["embedding"] = child.submit(embedding_rate, args.embed_seconds, args.backbone).result()
     for dim in (int(d) for d in args.dims.split(",")):
         result[f"d{dim}"] = one_dim(args.n, dim, args.target)
         args.out.parent.mkdir(parents=True, exist_ok=True)

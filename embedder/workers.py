@@ -35,7 +35,10 @@ def _serve(conn: Connection, weights: str, threads: int, backbone: str) -> None:
 
     # Unlike the serving process (which maps large blocks, server/memory.py), a worker keeps its freed
     # activations for the next forward: mapped and faulted in afresh, they cost a forward 28% of its time.
-    reuse_freed_memory()
+    if not reuse_freed_memory():
+        log.warning(
+            "could not set the C library's malloc thresholds; forwards will page-fault their activations"
+        )
     torch.set_num_threads(threads)
     net = preload.network(weights, backbone)
     conn.send(("ready", None))

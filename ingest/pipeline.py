@@ -78,7 +78,9 @@ class EmbedActor:
         from embedder.backbones import BACKBONES
         from embedder.heap import reuse_freed_memory
 
-        reuse_freed_memory()  # forwards reuse their activations, as in the server's workers
+        # Forwards reuse their activations, as in the server's workers. Unlike a worker, an actor never trims:
+        # it embeds until the job ends, and its memory goes with it.
+        reuse_freed_memory()
         torch.set_num_threads(1)
         self.network = ImageNetwork(str(BACKBONES[backbone].weights()), backbone)
         self.forward_batch = forward_batch

@@ -52,20 +52,24 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_an_idle_worker_gives_a_big_batchs_memory_back(pool: ForwardPool) -> None:
-    # A forward of 32 images leaves hundreds of MB of activations free in the worker's heap, which keeps them
-    # for the next forward while busy (embedder/heap.py); a second of idleness later the worker has trimmed
-    # them, so a bulk build does not stay resident. Measured against the worker's own idle size.
+    # A forward of 8 images leaves about 100 MB of activations free in the worker's heap, which keeps them for
+    # the next forward while busy (embedder/heap.py; at 8 images every tensor comes from the heap, so the
+    # amount is the same every time); a second of idleness later the worker has trimmed them, so a bulk
+    # build does not stay resident. Measured against the worker's own idle size.
     worker = pool._idle.get()
     pool._idle.put(worker)
-    crops = np.stack([decode_pixels(LION.read_bytes(), 10**8)] * 32)
+    crops = np.stack([decode_pixels(LION.read_bytes(), 10**8)] * 8)
     pool.forward(crops[:2])
     time.sleep(2)  # idle: trimmed
     idle = _rss_mb(worker.proc.pid)
     pool.forward(crops)
+    assert _rss_mb(worker.proc.pid) > idle + 50, (
+        "the batch left nothing resident: this test would prove nothing"
+    )
     deadline = time.monotonic() + 10
-    while _rss_mb(worker.proc.pid) > idle + 50 and time.monotonic() < deadline:
+    while _rss_mb(worker.proc.pid) > idle + 25 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _rss_mb(worker.proc.pid) <= idle + 50, (idle, _rss_mb(worker.proc.pid))
+    assert _rss_mb(worker.proc.pid) <= idle + 25, (idle, _rss_mb(worker.proc.pid))
     assert pool.forward(crops[:2]).shape == (2, 1280)  # and it goes on serving
 
 
@@ -74,16 +78,24 @@ def _minor_faults(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[7])  # minflt, the 10th field
 
 
-def test_a_workers_forwards_reuse_their_activations(pool: ForwardPool) -> None:
+def test_a_workers_forwards_reuse_their_activations() -> None:
     # Under glibc's default thresholds each 2-image forward mapped or trimmed its larger activations and
     # faulted ~4,700 fresh pages back in (28% of its time in the kernel); the worker keeps them in its heap
-    # (embedder/heap.py). The idle trim above gives them back only after a second without work.
-    worker = pool._idle.get()
-    pool._idle.put(worker)
-    crops = np.stack([decode_pixels(LION.read_bytes(), 10**8)] * 2)
-    pool.forward(crops)  # the first forward faults its activations in once
-    before = _minor_faults(worker.proc.pid)
-    for _ in range(5):
-        pool.forward(crops)
-    per_forward = (_minor_faults(worker.proc.pid) - before) / 5
-    assert per_forward < 500, per_forward
+    # (embedder/heap.py). The idle trim above gives them back only after a second without work. A worker of
+    # its own: glibc's dynamic threshold would rise after another test's bigger batches and hide the faults.
+    pool = ForwardPool(str(assets.mobilenet_v2_weights()), processes=1, threads=1)
+    try:
+        worker = pool._idle.get()
+        pool._idle.put(worker)
+        crops = np.stack([decode_pixels(LION.read_bytes(), 10**8)] * 2)
+        pool.forward(crops)  # the first forward faults its activations in once
+        faults = []
+        for _ in range(5):
+            before = _minor_faults(worker.proc.pid)
+            pool.forward(crops)
+            faults.append(_minor_faults(worker.proc.pid) - before)
+        # The median: a stall of over a second between two forwards lets the idle trim run, and the next
+        # forward then faults its activations in once more, as it should.
+        assert sorted(faults)[2] < 500, faults
+    finally:
+        pool.close()
