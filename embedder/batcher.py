@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +37,33 @@ class Expired(EmbedderError):
 
 class Cancelled(EmbedderError):
     """The caller went away before its images were embedded."""
+
+
+class CallerGone(threading.Event):
+    """An event set when a caller went away, which also wakes whoever waits on that caller's images.
+
+    Waiters sleep until their images are done, their deadline passes, or this is set, and never poll:
+    with a 50 ms poll, 8 waiting callers woke the serving process 160 times a second for nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakers: list[Callable[[], None]] = []
+        self._wakers_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._wakers_lock:
+            wakers, self._wakers = self._wakers, []
+        for wake in wakers:
+            wake()
+
+    def on_set(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once this is set (at once if it already is)."""
+        with self._wakers_lock:
+            if not self.is_set():
+                self._wakers.append(wake)
+                return
+        wake()
 
 
 @dataclass
@@ -90,7 +116,7 @@ class DynamicBatcher:
         arrays: Sequence[np.ndarray],
         *,
         deadline: float | None = None,
-        cancelled: threading.Event | None = None,
+        cancelled: CallerGone | None = None,
     ) -> np.ndarray:
         """Embed images (each as the forward takes it); blocks until done. ``deadline`` is a
         ``time.monotonic()`` value; ``cancelled`` is set by whoever learns that the caller went away."""
@@ -114,14 +140,16 @@ class DynamicBatcher:
             out.append(self._wait(job, deadline, cancelled))
         return np.stack(out)
 
-    def _wait(self, job: _Job, deadline: float | None, cancelled: threading.Event | None) -> np.ndarray:
-        # Wake up now and then to notice a cancellation; the result itself wakes us at once.
+    def _wait(self, job: _Job, deadline: float | None, cancelled: CallerGone | None) -> np.ndarray:
+        woken = threading.Event()
+        job.future.add_done_callback(lambda _f: woken.set())
+        if cancelled is not None:
+            cancelled.on_set(woken.set)
         while True:
-            timeout = 0.05 if deadline is None else min(0.05, max(0.0, deadline - time.monotonic()))
-            try:
-                return job.future.result(timeout=timeout)
-            except FutureTimeout:
-                pass
+            woken.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            # Only this method cancels the future, after which it returns; so a done future has its outcome.
+            if job.future.done():
+                return job.future.result()
             if cancelled is not None and cancelled.is_set():
                 job.future.cancel()
                 raise Cancelled("the caller cancelled the request")

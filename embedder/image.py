@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from embedder.backbones import BACKBONES, backbone_of, build
-from embedder.batcher import DynamicBatcher
+from embedder.batcher import CallerGone, DynamicBatcher
 from embedder.errors import BadImage, ImageBusy, ImageTooLarge
 from embedder.workers import ForwardPool
 
@@ -230,7 +230,14 @@ class ImageEmbedder:
         weights = str(spec.weights())
         self.network = ImageNetwork(weights, backbone)
         self.pool = (
-            ForwardPool(weights, processes=processes, threads=threads, backbone=backbone)
+            ForwardPool(
+                weights,
+                processes=processes,
+                threads=threads,
+                backbone=backbone,
+                # the largest batch sent to one worker (a bulk chunk or a dynamic batch) at the default size
+                slab_bytes=max(batch_size, max_batch) * self.default_size**2 * 3,
+            )
             if processes
             else None
         )
@@ -275,7 +282,7 @@ class ImageEmbedder:
         size: int | None = None,
         *,
         deadline: float | None = None,
-        cancelled: threading.Event | None = None,
+        cancelled: CallerGone | None = None,
     ) -> np.ndarray:
         """Encoded images -> (m, 1280) float32 features at input ``size``; an undecodable image raises.
 

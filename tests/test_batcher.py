@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from embedder.batcher import Cancelled, DynamicBatcher, Expired, QueueFull
+from embedder.batcher import CallerGone, Cancelled, DynamicBatcher, Expired, QueueFull
 
 
 class Forward:
@@ -87,7 +87,7 @@ def test_work_whose_caller_left_is_dropped_not_computed(how: str) -> None:
     batcher = DynamicBatcher(fwd, max_batch=4, max_wait_s=0.0, max_queue=8)
     with ThreadPoolExecutor(4) as pool:
         busy = hold(fwd, batcher, pool)
-        cancelled = threading.Event()
+        cancelled = CallerGone()
         if how == "deadline":
             left = pool.submit(batcher.embed, [img(7)], deadline=time.monotonic() + 0.1)
         else:
@@ -135,3 +135,34 @@ def test_images_of_different_sizes_go_in_separate_forwards() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         DynamicBatcher(Forward(), max_batch=0)
+
+
+def test_a_caller_gone_signal_wakes_each_waiter_once() -> None:
+    gone = CallerGone()
+    woken: list[str] = []
+    gone.on_set(lambda: woken.append("before"))
+    assert woken == [] and not gone.is_set()
+    gone.set()
+    gone.set()  # a second end-of-call callback wakes nobody again
+    gone.on_set(lambda: woken.append("after"))  # registered once already set: called at once
+    assert woken == ["before", "after"] and gone.is_set()
+
+
+def test_a_cancelled_caller_stops_waiting_while_its_image_is_queued() -> None:
+    # No poll: the waiter sleeps on its image and on the signal; setting the signal is what returns it.
+    fwd = Forward()
+    batcher = DynamicBatcher(fwd, max_batch=1, max_wait_s=0.0, max_queue=8)
+    with ThreadPoolExecutor(4) as pool:
+        busy = hold(fwd, batcher, pool)
+        gone = CallerGone()
+        left = pool.submit(batcher.embed, [img(3)], cancelled=gone)
+        while not batcher._queue:
+            time.sleep(0.001)
+        assert not left.done()
+        gone.set()
+        with pytest.raises(Cancelled):
+            left.result(5)
+        assert len(batcher._queue) == 1  # still queued: cancelled, and skipped when a batch is formed
+        fwd.gate.set()
+        busy.result(5)
+    batcher.close()

@@ -99,3 +99,37 @@ def test_a_workers_forwards_reuse_their_activations() -> None:
         assert sorted(faults)[2] < 500, faults
     finally:
         pool.close()
+
+
+class _Recording:
+    """A worker's pipe that records what the parent sends, to see which batches went through the slab."""
+
+    def __init__(self, conn: object) -> None:
+        self.conn, self.sent = conn, []  # type: ignore[var-annotated]
+
+    def send(self, obj: object) -> None:
+        self.sent.append(obj)
+        self.conn.send(obj)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_crops_go_through_the_slab_and_bigger_batches_through_the_pipe() -> None:
+    # A slab of exactly one 224 px crop: one image goes through shared memory, two through the pipe; each
+    # batch's features equal the in-process network's, so a batch never sees the bytes of the one before.
+    rng = np.random.default_rng(7)
+    crops = rng.integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
+    local = ImageNetwork(str(assets.mobilenet_v2_weights()))
+    pool = ForwardPool(str(assets.mobilenet_v2_weights()), processes=1, threads=1, slab_bytes=224 * 224 * 3)
+    try:
+        worker = pool._idle.get()
+        worker.conn = _Recording(worker.conn)  # type: ignore[assignment]
+        pool._idle.put(worker)
+        for batch in (crops[:2], crops[2:3], crops[3:4], crops[1:3]):
+            # float tolerance: the worker's one torch thread sums in another order than this process's
+            np.testing.assert_allclose(pool.forward(batch), local.forward_pixels(batch), rtol=1e-4, atol=1e-5)
+        kinds = ["pipe" if isinstance(m, np.ndarray) else m[0] for m in worker.conn.sent]  # type: ignore[attr-defined]
+        assert kinds == ["pipe", "slab", "slab", "pipe"]
+    finally:
+        pool.close()

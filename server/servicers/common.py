@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from embedder.batcher import CallerGone
 from kernels.payload_index import Node
 from server.errors import Error, fail
 from server.filters import compile_filter
@@ -28,13 +28,13 @@ class Budget:
     ``time.monotonic()`` value, None without one) and an event set when the call ends early."""
 
     deadline: float | None
-    cancelled: threading.Event
+    cancelled: CallerGone
 
 
 def call_budget(context: grpc.ServicerContext, before: str) -> Budget:
     check_deadline(context, before)
     remaining = context.time_remaining()
-    cancelled = threading.Event()
+    cancelled = CallerGone()
     # The callback runs when the call ends for any reason; it matters only if the call is still waiting.
     context.add_callback(cancelled.set)
     return Budget(None if remaining is None else time.monotonic() + remaining, cancelled)
