@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from _machine import banner  # bench/ is on sys.path when a bench script runs
+from _machine import CpuSteal, banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer  # bench/ is on sys.path when a bench script runs
 from PIL import Image
 from visionsearch.v1 import visionsearch_pb2 as pb
@@ -153,14 +153,16 @@ def main() -> None:
         # Interleaved: this machine's throughput drifts by 20-30% over minutes, so each round measures the
         # server and both ceilings back to back (the server idles during the raw parts and vice versa).
         for n in range(args.rounds):
-            got, errors = grpc_rate(server.address, images, args.callers, args.seconds)
-            r_best = raw.rate(*best, args.seconds)
-            r_plain = raw.rate(*plain, args.seconds)
-            rounds.append({"grpc": got, "raw_best": r_best, "raw_plain": r_plain, "errors": errors})
+            with CpuSteal() as steal:
+                got, errors = grpc_rate(server.address, images, args.callers, args.seconds)
+                r_best = raw.rate(*best, args.seconds)
+                r_plain = raw.rate(*plain, args.seconds)
+            rounds.append({"grpc": got, "raw_best": r_best, "raw_plain": r_plain, "errors": errors,
+                           "hypervisor_steal": steal.share})  # fmt: skip
             print(
                 f"round {n + 1}: Embed over gRPC {got:6.1f} images/s; best raw layout {r_best:6.1f} "
                 f"(ratio {got / r_best:.3f}); plain batched forward {r_plain:6.1f} "
-                f"(ratio {got / r_plain:.3f})"
+                f"(ratio {got / r_plain:.3f}); {steal}"
             )
     vs_best = statistics.median(r["grpc"] / r["raw_best"] for r in rounds)
     vs_plain = statistics.median(r["grpc"] / r["raw_plain"] for r in rounds)

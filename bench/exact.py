@@ -36,7 +36,12 @@ from typing import Any
 import faiss
 import numba
 import numpy as np
-from _machine import banner, describe, sgemm_gflops  # bench/ is on sys.path when a bench script runs
+from _machine import (  # bench/ is on sys.path when a bench script runs
+    CpuSteal,
+    banner,
+    describe,
+    sgemm_gflops,
+)
 
 from embedder.datasets import fashion_mnist
 from kernels import blas, topk
@@ -227,20 +232,22 @@ def main(argv: list[str] | None = None) -> None:
         "faiss": faiss_search(base, args.k),
     }
     results: list[Result] = []
-    for batch in BATCH_SIZES:
-        ids_by_method: dict[str, np.ndarray] = {}
-        for name, search in methods.items():
-            seconds, ids_by_method[name] = time_method(search, queries, batch, args.repeats)
-            best = min(seconds)
-            results.append(Result(name, batch, len(queries) / best, best, seconds))
-            print(f"  {name:<6} batch {batch:>2}: {len(queries) / best:,.1f} queries/s")
-        numpy_result = next(r for r in results if r.method == "numpy" and r.batch == batch)
-        for r in results:
-            if r.batch == batch:
-                r.ratio_vs_numpy = r.qps / numpy_result.qps
-                r.agreement_vs_numpy = agreement(ids_by_method[r.method], ids_by_method["numpy"])
+    with CpuSteal() as steal:
+        for batch in BATCH_SIZES:
+            ids_by_method: dict[str, np.ndarray] = {}
+            for name, search in methods.items():
+                seconds, ids_by_method[name] = time_method(search, queries, batch, args.repeats)
+                best = min(seconds)
+                results.append(Result(name, batch, len(queries) / best, best, seconds))
+                print(f"  {name:<6} batch {batch:>2}: {len(queries) / best:,.1f} queries/s")
+            numpy_result = next(r for r in results if r.method == "numpy" and r.batch == batch)
+            for r in results:
+                if r.batch == batch:
+                    r.ratio_vs_numpy = r.qps / numpy_result.qps
+                    r.agreement_vs_numpy = agreement(ids_by_method[r.method], ids_by_method["numpy"])
 
     print_table(results, args.repeats)
+    print(f"during the timed runs: {steal}")
     ratios = {r.batch: r.ratio_vs_numpy for r in results if r.method == "numba"}
     for batch, target in TARGETS.items():
         print(f"batch {batch}: numba/numpy = {ratios[batch]:.2f} (target >= {target})")
@@ -282,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             for batch, target in TARGETS.items()
         },
         "machine": machine_info() | describe(),
+        "hypervisor_steal": steal.share,
         "sgemm_bound": {"gflops": gflops, "queries_per_s": bound_qps, "kernel_share_at_64": share},
         "multiply_alone_at_64": {
             "queries_per_s": multiply,

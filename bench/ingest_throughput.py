@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import banner  # bench/ is on sys.path when a bench script runs
+from _machine import CpuSteal, banner  # bench/ is on sys.path when a bench script runs
 from embed_throughput import Raw, photos  # bench/ is on sys.path when a bench script runs
 
 from embedder.backbones import BACKBONES
@@ -124,21 +124,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         todo = write_photos(Path(tmp), args.photos, size)
         for n in range(args.rounds):
-            one, start_one = pipeline_rate(todo, 1, args.batch_size, args.forward_batch, args.backbone)
-            two, start_two = pipeline_rate(
-                todo, min(2, cores), args.batch_size, args.forward_batch, args.backbone
-            )
-            # The raw forward's time matches one pipeline run's, so both see the same drift.
-            r_best = raw.rate(*best, max(args.raw_seconds, args.photos / max(two, 1.0)))
-            r_one = raw.rate(1, 1, best[2], max(args.raw_seconds, args.photos / max(two, 1.0) / 2))
+            with CpuSteal() as steal:
+                one, start_one = pipeline_rate(todo, 1, args.batch_size, args.forward_batch, args.backbone)
+                two, start_two = pipeline_rate(
+                    todo, min(2, cores), args.batch_size, args.forward_batch, args.backbone
+                )
+                # The raw forward's time matches one pipeline run's, so both see the same drift.
+                r_best = raw.rate(*best, max(args.raw_seconds, args.photos / max(two, 1.0)))
+                r_one = raw.rate(1, 1, best[2], max(args.raw_seconds, args.photos / max(two, 1.0) / 2))
             rounds.append({"ray_1_actor": one, "ray_2_actors": two, "raw_best": r_best,
-                           "raw_one_stream": r_one,
-                           "startup_s_1": start_one, "startup_s_2": start_two})  # fmt: skip
+                           "raw_one_stream": r_one, "startup_s_1": start_one, "startup_s_2": start_two,
+                           "hypervisor_steal": steal.share})  # fmt: skip
             print(
                 f"round {n + 1}: ray 1 actor {one:6.1f} images/s, 2 actors {two:6.1f} "
                 f"(x{two / one:.2f}); best raw layout {r_best:6.1f} (2 actors / raw {two / r_best:.3f}); "
                 f"raw one stream {r_one:6.1f} (raw best / one stream x{r_best / r_one:.2f}); "
-                f"actor start-up {start_one:.1f} s / {start_two:.1f} s"
+                f"actor start-up {start_one:.1f} s / {start_two:.1f} s; {steal}"
             )
     scaling = statistics.median(r["ray_2_actors"] / r["ray_1_actor"] for r in rounds)
     vs_raw = statistics.median(r["ray_2_actors"] / r["raw_best"] for r in rounds)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from _machine import banner  # bench/ is on sys.path when a bench script runs
+from _machine import CpuSteal, banner  # bench/ is on sys.path when a bench script runs
 from _server import BenchServer, fashion  # bench/ is on sys.path when a bench script runs
 from _stages import Collector  # bench/ is on sys.path when a bench script runs
 from visionsearch.v1 import visionsearch_pb2 as pb
@@ -252,7 +252,8 @@ def main() -> None:
                     mix={"search_vector": 1.0}, collection="fmnist", k=10, with_payload=False, vectors=qfile,
                     engine=args.engine,
                 )  # fmt: skip
-                report = run(config)
+                with CpuSteal() as steal:
+                    report = run(config)
                 lat, lag = report.latency_ms, report.lag_ms or {}
                 print(
                     f"[{mode}] unloaded p50: Count {floor['count']:.2f} ms, Search {floor['search']:.2f} ms; "
@@ -260,11 +261,12 @@ def main() -> None:
                     f"achieved {report.throughput:,.0f}/s, "
                     f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, "
                     f"p99.9 {lat['p999']:.2f}, max {lat['max']:.2f}; errors {report.errors or 'none'}; "
-                    f"generator lag p99 {lag.get('p99', float('nan')):.2f} ms"
+                    f"generator lag p99 {lag.get('p99', float('nan')):.2f} ms; {steal}"
                 )
                 summary[mode] = {"floor_p50_ms": floor, "latency_ms": lat, "lag_ms": lag,
                                  "over_echo_and_index_ms": {"search": over_search, "count": over_count},
-                                 "throughput": report.throughput, "errors": report.errors}  # fmt: skip
+                                 "throughput": report.throughput, "errors": report.errors,
+                                 "hypervisor_steal": steal.share}  # fmt: skip
                 if mode == modes[-1]:
                     print(f"targets p50 <= 1 ms: {'met' if lat['p50'] <= 1 else 'NOT met'}; "
                           f"p99 <= 3 ms: {'met' if lat['p99'] <= 3 else 'NOT met'}; "
