@@ -15,11 +15,12 @@ skipped when its batch is formed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,8 @@ class Cancelled(EmbedderError):
 
 
 class CallerGone(threading.Event):
-    """An event set when a caller went away, which also wakes whoever waits on that caller's images.
+    """An event set when a call ends (answered, cancelled or failed), which also wakes whoever still waits on
+    that call's images.
 
     Waiters sleep until their images are done, their deadline passes, or this is set, and never poll:
     with a 50 ms poll, 8 waiting callers woke the serving process 160 times a second for nothing."""
@@ -136,8 +138,13 @@ class DynamicBatcher:
             self._queue.extend(jobs)
             self._cond.notify()
         out = []
-        for job in jobs:
-            out.append(self._wait(job, deadline, cancelled))
+        try:
+            for job in jobs:
+                out.append(self._wait(job, deadline, cancelled))
+        except BaseException:
+            for job in jobs:  # the call's other images are not wanted either: the worker skips them
+                job.future.cancel()
+            raise
         return np.stack(out)
 
     def _wait(self, job: _Job, deadline: float | None, cancelled: CallerGone | None) -> np.ndarray:
@@ -166,7 +173,11 @@ class DynamicBatcher:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            left, self._queue = list(self._queue), deque()
             self._cond.notify_all()
+        for job in left:  # their callers would otherwise wait for a worker that is gone
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(RuntimeError("the embedding worker closed"))
         for w in self._workers:
             w.join(timeout=5)
 
@@ -203,8 +214,10 @@ class DynamicBatcher:
                 if expired or not job.future.set_running_or_notify_cancel():
                     with self._stats_lock:
                         self.stats.dropped += 1
-                    if expired and not job.future.done():
-                        job.future.set_exception(Expired("deadline passed in the queue"))
+                    # The waiter may cancel it in between, at the same deadline.
+                    if expired:
+                        with contextlib.suppress(InvalidStateError):
+                            job.future.set_exception(Expired("deadline passed in the queue"))
                     continue
                 live.append(job)
             if not live:

@@ -235,7 +235,8 @@ class ImageEmbedder:
                 processes=processes,
                 threads=threads,
                 backbone=backbone,
-                # the largest batch sent to one worker (a bulk chunk or a dynamic batch) at the default size
+                # the largest batch sent to one worker (a bulk chunk or a dynamic batch) at the default size,
+                # the largest any collection of this backbone asks for
                 slab_bytes=max(batch_size, max_batch) * self.default_size**2 * 3,
             )
             if processes

@@ -8,11 +8,11 @@ callers got 76% of what the bare model does (bench/embed_throughput.py). Each wo
 threads; it takes (m, S, S, 3) uint8 crops and sends back (m, 1280) float32 features over a pipe. A worker
 that dies is replaced and the call that was on it fails.
 
-The crops go through a slab of shared memory that each worker has to itself (a ``memfd``, handed over the
-pipe as a file descriptor, so nothing is left behind in /dev/shm when a process dies): the pipe carries only
-the batch's shape. Pickled through the pipe, one 240 px crop is 170 KB, and a batch of two filled the pipe's
-64 KiB buffer six times, each time a sleep and a wake-up of both processes, plus three copies of the bytes.
-A batch larger than the slab still goes through the pipe.
+The crops go through a slab of shared memory that each worker has to itself (a ``memfd``, Linux's, handed
+over the pipe as a file descriptor, so nothing is left behind in /dev/shm when a process dies): the pipe
+carries only the batch's shape instead of 170 KB a 240 px crop, pickled and copied through the kernel. A
+batch larger than the slab still goes through the pipe. A worker whose pipe broke, for whatever reason, is
+never used again: its replies could be out of step with the calls.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 log = logging.getLogger("visionsearch.embedder")
 
 _IDLE_TRIM_S = 1.0
+_RESTART_TIMEOUT_S = 120
 _SLAB = "slab"  # the message tag of a batch that is in the shared slab: (_SLAB, shape)
 
 
@@ -88,14 +89,19 @@ class _Worker:
         )
         self.proc.start()
         child.close()
-        # Pages are allocated as they are first written, so an unused slab costs nothing.
-        fd = os.memfd_create(f"visionsearch-embed-{n}")
         try:
-            os.ftruncate(fd, max(mmap.PAGESIZE, slab_bytes))
-            self.slab = mmap.mmap(fd, 0)
-            reduction.send_handle(self.conn, fd, self.proc.pid)
-        finally:
-            os.close(fd)
+            # Pages are allocated as they are first written, so an unused slab costs nothing.
+            fd = os.memfd_create(f"visionsearch-embed-{n}")
+            try:
+                os.ftruncate(fd, max(mmap.PAGESIZE, slab_bytes))
+                self.slab = mmap.mmap(fd, 0)
+                reduction.send_handle(self.conn, fd, self.proc.pid)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.proc.kill()
+            self.conn.close()
+            raise
 
     def send(self, pixels: np.ndarray) -> None:
         if pixels.dtype == np.uint8 and pixels.nbytes <= len(self.slab):
@@ -155,7 +161,8 @@ class ForwardPool:
         workers = [self._spawn() for _ in range(processes)]
         for w in workers:  # they start side by side; wait for all
             w.wait_ready(start_timeout)
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        # None is a slot whose worker died and could not be restarted: the next call to take it tries again.
+        self._idle: queue.Queue[_Worker | None] = queue.Queue()
         for w in workers:
             self._idle.put(w)
         self.processes = processes
@@ -166,20 +173,52 @@ class ForwardPool:
             n = self._count
         return _Worker(self._ctx, self._weights, self._threads, n, self._backbone, self._slab_bytes)
 
+    def _start_worker(self) -> _Worker:
+        worker = self._spawn()
+        try:
+            worker.wait_ready(_RESTART_TIMEOUT_S)
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
+
+    def _release(self, worker: _Worker | None) -> None:
+        if self._closed:
+            if worker is not None:
+                worker.stop()
+        else:
+            self._idle.put(worker)
+
+    def _replace(self, dead: _Worker) -> None:
+        dead.stop()
+        try:
+            worker: _Worker | None = self._start_worker()
+        except Exception as exc:
+            log.error("could not restart an embedding worker (%s); the next batch will try again", exc)
+            worker = None
+        self._release(worker)
+
     def forward(self, pixels: np.ndarray) -> np.ndarray:
         worker = self._idle.get()
+        if worker is None:
+            try:
+                worker = self._start_worker()
+            except Exception as exc:
+                self._release(None)
+                raise RuntimeError(f"no embedding worker could be started: {exc}") from None
         try:
             worker.send(pixels)
             status, value = worker.conn.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            log.error("embedding worker %s died (%s); starting another", worker.proc.name, exc)
-            worker.stop()
-            worker = self._spawn()
-            worker.wait_ready(120)
-            raise RuntimeError("the embedding worker died during this batch; retry") from None
-        finally:
-            if not self._closed:
-                self._idle.put(worker)
+        except BaseException as exc:
+            died = isinstance(exc, (EOFError, OSError))
+            if died:
+                log.error("embedding worker %s died (%s); starting another", worker.proc.name, exc)
+            # Whatever broke, this worker's pipe may now be out of step with its replies: never reuse it.
+            self._replace(worker)
+            if died:
+                raise RuntimeError("the embedding worker died during this batch; retry") from None
+            raise
+        self._release(worker)
         if status != "ok":
             raise RuntimeError(f"embedding failed in the worker: {value}")
         return np.asarray(value)
@@ -188,6 +227,8 @@ class ForwardPool:
         self._closed = True
         while True:
             try:
-                self._idle.get_nowait().stop()
+                worker = self._idle.get_nowait()
             except queue.Empty:
                 return
+            if worker is not None:
+                worker.stop()

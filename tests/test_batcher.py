@@ -148,21 +148,71 @@ def test_a_caller_gone_signal_wakes_each_waiter_once() -> None:
     assert woken == ["before", "after"] and gone.is_set()
 
 
-def test_a_cancelled_caller_stops_waiting_while_its_image_is_queued() -> None:
-    # No poll: the waiter sleeps on its image and on the signal; setting the signal is what returns it.
+class CountingGone(CallerGone):
+    """Counts how often a waiter looks at the signal: one that polls looks every few tens of ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return super().is_set()
+
+
+def test_a_waiting_caller_sleeps_until_its_call_ends_and_then_none_of_its_images_is_computed() -> None:
+    fwd = Forward()
+    batcher = DynamicBatcher(fwd, max_batch=2, max_wait_s=0.0, max_queue=8)
+    with ThreadPoolExecutor(4) as pool:
+        busy = hold(fwd, batcher, pool)
+        gone = CountingGone()
+        left = pool.submit(batcher.embed, [img(3), img(4)], deadline=time.monotonic() + 60, cancelled=gone)
+        while len(batcher._queue) < 2 or not gone.looks:  # queued, and the waiter has registered
+            time.sleep(0.001)
+        looks = gone.looks
+        time.sleep(0.3)
+        assert gone.looks == looks and not left.done()  # asleep: a 50 ms poll would have looked ~6 times
+        gone.set()
+        with pytest.raises(Cancelled):
+            left.result(5)
+        fwd.gate.set()
+        busy.result(5)
+        np.testing.assert_allclose(batcher.embed([img(5)]), [[60.0]])
+    # Both images of the call were dropped when a batch was formed, not only the one being waited on.
+    assert 36.0 not in fwd.seen() and 48.0 not in fwd.seen()
+    assert batcher.stats.dropped == 2
+    batcher.close()
+
+
+def test_a_call_that_has_already_ended_is_not_embedded() -> None:
     fwd = Forward()
     batcher = DynamicBatcher(fwd, max_batch=1, max_wait_s=0.0, max_queue=8)
     with ThreadPoolExecutor(4) as pool:
         busy = hold(fwd, batcher, pool)
         gone = CallerGone()
-        left = pool.submit(batcher.embed, [img(3)], cancelled=gone)
-        while not batcher._queue:
-            time.sleep(0.001)
-        assert not left.done()
         gone.set()
         with pytest.raises(Cancelled):
-            left.result(5)
-        assert len(batcher._queue) == 1  # still queued: cancelled, and skipped when a batch is formed
+            batcher.embed([img(6)], cancelled=gone)
         fwd.gate.set()
         busy.result(5)
+    np.testing.assert_allclose(batcher.embed([img(1)]), [[12.0]])
+    assert 72.0 not in fwd.seen() and batcher.stats.dropped == 1
     batcher.close()
+
+
+def test_closing_fails_the_images_still_queued() -> None:
+    fwd = Forward()
+    batcher = DynamicBatcher(fwd, max_batch=1, max_wait_s=0.0, max_queue=8)
+    with ThreadPoolExecutor(4) as pool:
+        busy = hold(fwd, batcher, pool)
+        # Nothing but close ends this wait within 5 s (the deadline only bounds a failing run).
+        queued = pool.submit(batcher.embed, [img(2)], deadline=time.monotonic() + 10)
+        while not batcher._queue:
+            time.sleep(0.001)
+        closing = pool.submit(batcher.close)
+        with pytest.raises(RuntimeError, match="closed"):
+            queued.result(5)
+        fwd.gate.set()
+        busy.result(5)
+        closing.result(10)
+    assert 24.0 not in fwd.seen()

@@ -25,7 +25,8 @@ def check_deadline(context: grpc.ServicerContext, before: str) -> None:
 @dataclass(frozen=True)
 class Budget:
     """What the embedding worker needs to drop work nobody waits for: the caller's deadline (a
-    ``time.monotonic()`` value, None without one) and an event set when the call ends early."""
+    ``time.monotonic()`` value, None without one) and an event set when the call ends, which matters only
+    while the call is still waiting."""
 
     deadline: float | None
     cancelled: CallerGone
@@ -36,7 +37,9 @@ def call_budget(context: grpc.ServicerContext, before: str) -> Budget:
     remaining = context.time_remaining()
     cancelled = CallerGone()
     # The callback runs when the call ends for any reason; it matters only if the call is still waiting.
-    context.add_callback(cancelled.set)
+    # A sync context that has already ended refuses the callback (False): the caller is gone already.
+    if context.add_callback(cancelled.set) is False:
+        cancelled.set()
     return Budget(None if remaining is None else time.monotonic() + remaining, cancelled)
 
 
