@@ -3,7 +3,14 @@
 - ``raw``: the model's forward alone (``--backbone``, the server's default EfficientNet-Lite1 unless named)
   on already decoded crops at the backbone's size, in two layouts: one stream with
   torch on every core at batch 1-16 (the plain batched forward), and one single-thread stream per core side by
-  side at batch 1-8. The best batch of each layout is kept.
+  side at batch 1-8. A first sweep prints them all and keeps the plain forward's best batch.
+- The ceiling the server is held against, the **best raw layout**, is measured again in every round as the
+  best of several: one-thread streams per core as threads of this process at batch 1, 2 and 4, and as
+  processes (the server's own worker pool, fed directly by one thread per core, no gRPC) at batch 2. Picking
+  one layout from a short sweep let noise choose it: two runs kept batch 1 and one batch 8, which then
+  measured 20% under the server. Threads of one process share the GIL between forwards, processes do not.
+  The best raw layout is the candidate with the highest median over the rounds; the server's ratio to it is
+  the target's, and its ratio to each round's own best candidate (stricter) is printed beside it.
 - ``grpc``: a server in a child process at its defaults (embedding worker processes, dynamic batcher), and
   ``--callers`` threads in this process, each sending ``Embed`` calls of one encoded photo back to back. The
   server decodes each image in the calling gRPC thread; the batcher stacks concurrent callers' crops and
@@ -41,6 +48,7 @@ from embedder.backbones import BACKBONES
 from embedder.datasets import tuxpaint_photos
 from embedder.heap import reuse_freed_memory
 from embedder.image import ImageNetwork, decode_pixels
+from embedder.workers import ForwardPool
 
 OUT = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
 
@@ -63,9 +71,47 @@ class Raw:
         # the serving paths and not the allocators.
         reuse_freed_memory()
         spec = BACKBONES[backbone]
-        self.network = ImageNetwork(str(spec.weights()), backbone)
+        self._weights, self._backbone = str(spec.weights()), backbone
+        self._pool: ForwardPool | None = None
+        self.network = ImageNetwork(self._weights, backbone)
         # uint8 crops, normalised inside the forward: what the server's worker processes are handed
         self.arrays = np.stack([decode_pixels(b, 40_000_000, spec.default_size) for b in images[:16]])
+
+    def rate_processes(self, batch: int, seconds: float) -> float:
+        """One one-thread stream per core, each in a worker process of its own (``ForwardPool``)."""
+        cores = os.cpu_count() or 1
+        if self._pool is None:
+            self._pool = ForwardPool(
+                self._weights, processes=cores, threads=1, backbone=self._backbone,
+                slab_bytes=self.arrays[:8].nbytes,
+            )  # fmt: skip
+        pool = self._pool
+        pool.forward(self.arrays[:batch])  # warm-up
+        done = [0] * cores
+        t0 = time.perf_counter()
+
+        def stream(n: int) -> None:
+            while time.perf_counter() - t0 < seconds:
+                pool.forward(self.arrays[:batch])
+                done[n] += batch
+
+        feeders = [threading.Thread(target=stream, args=(n,)) for n in range(cores)]
+        for f in feeders:
+            f.start()
+        for f in feeders:
+            f.join()
+        return sum(done) / (time.perf_counter() - t0)
+
+    def best_of_round(self, seconds: float) -> dict[str, float]:
+        """images/s of each candidate for the round's ceiling (see the module's docstring)."""
+        cores = os.cpu_count() or 1
+        out = {f"{cores} threads x 1, batch {b}": self.rate(1, cores, b, seconds) for b in (1, 2, 4)}
+        out[f"{cores} processes x 1, batch 2"] = self.rate_processes(2, seconds)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
     def rate(self, threads: int, streams: int, batch: int, seconds: float) -> float:
         torch.set_num_threads(threads)
@@ -146,7 +192,7 @@ def main() -> None:
     best = max(grid, key=grid.__getitem__)
     cores = os.cpu_count() or 1
     plain = max((c for c in grid if c[1] == 1), key=grid.__getitem__)  # one batched forward on every core
-    for name, (threads, streams, batch) in (("best raw layout", best), ("plain batched forward", plain)):
+    for name, (threads, streams, batch) in (("fastest in the sweep", best), ("plain batched forward", plain)):
         print(f"{name}: {streams} stream(s) x {threads} thread(s), batch {batch}")
     rounds = []
     with BenchServer("--backbone", args.backbone, *args.server_flags.split()) as server:
@@ -155,24 +201,37 @@ def main() -> None:
         for n in range(args.rounds):
             with CpuSteal() as steal:
                 got, errors = grpc_rate(server.address, images, args.callers, args.seconds)
-                r_best = raw.rate(*best, args.seconds)
+                candidates = raw.best_of_round(args.seconds)
                 r_plain = raw.rate(*plain, args.seconds)
-            rounds.append({"grpc": got, "raw_best": r_best, "raw_plain": r_plain, "errors": errors,
+            best_name = max(candidates, key=candidates.__getitem__)
+            r_best = candidates[best_name]
+            rounds.append({"grpc": got, "raw_best": r_best, "raw_best_layout": best_name,
+                           "raw_candidates": candidates, "raw_plain": r_plain, "errors": errors,
                            "hypervisor_steal": steal.share})  # fmt: skip
+            others = ", ".join(f"{v:.1f}" for k, v in candidates.items() if k != best_name)
             print(
                 f"round {n + 1}: Embed over gRPC {got:6.1f} images/s; best raw layout {r_best:6.1f} "
-                f"(ratio {got / r_best:.3f}); plain batched forward {r_plain:6.1f} "
-                f"(ratio {got / r_plain:.3f}); {steal}"
+                f"({best_name}; the others {others}) (ratio {got / r_best:.3f}); plain batched forward "
+                f"{r_plain:6.1f} (ratio {got / r_plain:.3f}); {steal}"
             )
-    vs_best = statistics.median(r["grpc"] / r["raw_best"] for r in rounds)
+    raw.close()
+    # The best raw layout is the candidate with the highest median over the rounds, held against the server
+    # in each round; the best candidate of each round on its own is stricter (the highest of four noisy
+    # readings), and is printed beside it.
+    layout = max(rounds[0]["raw_candidates"],
+                 key=lambda k: statistics.median(r["raw_candidates"][k] for r in rounds))  # fmt: skip
+    vs_best = statistics.median(r["grpc"] / r["raw_candidates"][layout] for r in rounds)
+    vs_round_best = statistics.median(r["grpc"] / r["raw_best"] for r in rounds)
     vs_plain = statistics.median(r["grpc"] / r["raw_plain"] for r in rounds)
     print(f"median over {args.rounds} rounds: grpc / plain batched forward {vs_plain:.3f}; "
-          f"grpc / best raw layout {vs_best:.3f} (target >= 0.90)")  # fmt: skip
+          f"grpc / best raw layout ({layout}) {vs_best:.3f} (target >= 0.90); "
+          f"grpc / each round's best {vs_round_best:.3f}")  # fmt: skip
     result = {
         "callers": args.callers, "server_flags": args.server_flags, "cores": cores, "backbone": args.backbone,
         "raw_grid": {f"threads={k[0]} streams={k[1]} batch={k[2]}": v for k, v in grid.items()},
-        "best_layout": best, "plain_layout": plain, "rounds": rounds,
-        "median_ratio_vs_plain": vs_plain, "median_ratio_vs_best": vs_best, "loadavg_at_end": os.getloadavg(),
+        "sweep_best_layout": best, "plain_layout": plain, "rounds": rounds,
+        "best_raw_layout": layout, "median_ratio_vs_plain": vs_plain, "median_ratio_vs_best": vs_best,
+        "median_ratio_vs_each_rounds_best": vs_round_best, "loadavg_at_end": os.getloadavg(),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
