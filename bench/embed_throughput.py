@@ -33,6 +33,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -85,22 +86,7 @@ class Raw:
                 self._weights, processes=cores, threads=1, backbone=self._backbone,
                 slab_bytes=self.arrays[:8].nbytes,
             )  # fmt: skip
-        pool = self._pool
-        pool.forward(self.arrays[:batch])  # warm-up
-        done = [0] * cores
-        t0 = time.perf_counter()
-
-        def stream(n: int) -> None:
-            while time.perf_counter() - t0 < seconds:
-                pool.forward(self.arrays[:batch])
-                done[n] += batch
-
-        feeders = [threading.Thread(target=stream, args=(n,)) for n in range(cores)]
-        for f in feeders:
-            f.start()
-        for f in feeders:
-            f.join()
-        return sum(done) / (time.perf_counter() - t0)
+        return self._streams(self._pool.forward, cores, batch, seconds)
 
     def best_of_round(self, seconds: float) -> dict[str, float]:
         """images/s of each candidate for the round's ceiling (see the module's docstring)."""
@@ -115,20 +101,26 @@ class Raw:
 
     def rate(self, threads: int, streams: int, batch: int, seconds: float) -> float:
         torch.set_num_threads(threads)
-        self.network.forward_pixels(self.arrays[:batch])  # warm-up: one-off kernel selection for this shape
+        return self._streams(self.network.forward_pixels, streams, batch, seconds)
+
+    def _streams(
+        self, forward: Callable[[np.ndarray], np.ndarray], streams: int, batch: int, seconds: float
+    ) -> float:
+        """images/s of ``streams`` threads each calling ``forward`` on ``batch`` crops back to back."""
+        forward(self.arrays[:batch])  # warm-up: one-off kernel selection for this shape
         done = [0] * streams
         t0 = time.perf_counter()
 
         def stream(n: int) -> None:
             while time.perf_counter() - t0 < seconds:
-                self.network.forward_pixels(self.arrays[:batch])
+                forward(self.arrays[:batch])
                 done[n] += batch
 
-        workers = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        threads = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         return sum(done) / (time.perf_counter() - t0)
 
     def sweep(self, seconds: float) -> dict[tuple[int, int, int], float]:
