@@ -144,7 +144,23 @@ def _folded(features: torch.nn.Module, backbone: Backbone) -> torch.nn.Module:
 
 def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.Linear]:
     """The backbone's convolutional layers (images -> feature maps, batch norms folded into the
-    convolutions) and its ImageNet classifier."""
+    convolutions, weights channels-last: see ``_channels_last``) and its ImageNet classifier."""
+    features, linear = _build(backbone, weights)
+    return _channels_last(features), linear
+
+
+def _channels_last(features: torch.nn.Module) -> torch.nn.Module:
+    """``features`` with its convolution weights stored channels-last (NHWC); ``ImageNetwork`` hands it
+    channels-last inputs. CPU convolutions run on oneDNN, whose kernels work in that layout: with NCHW
+    tensors each depthwise and pointwise convolution reorders its input and output. One-thread forwards
+    ran 15-17% faster for EfficientNet-Lite1 and 26-28% for MobileNetV2 (two 3 s rounds each, batch 2),
+    and two one-thread streams side by side 20-27% faster at batches 1-4 (the two streams also scaled
+    better: 1.85-2.05x one stream against 1.64-1.88x), with features within 1.2e-5 of the NCHW network's.
+    """
+    return features.to(memory_format=torch.channels_last)
+
+
+def _build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.Linear]:
     if backbone.name == "mobilenet_v2":
         # Imported here only: torchvision brings torch._dynamo, ~150 MB the other backbones do without.
         import torchvision

@@ -185,15 +185,19 @@ class ImageNetwork:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(m, 3, S, S) normalised float32 -> (m, 1280) features."""
         with torch.inference_mode():
-            f = self.features(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            f = self.features(x.contiguous(memory_format=torch.channels_last))
             return torch.nn.functional.adaptive_avg_pool2d(f, 1).flatten(1).numpy()
 
     def forward_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(m, S, S, 3) uint8 crops -> features, normalised in torch with ``normalize``'s float32 steps (the
         results are the same bits), a fraction of the cost of doing it image by image in numpy."""
         with torch.inference_mode():
+            # (m, S, S, 3) crops seen as (m, 3, S, S) are already channels-last, the network's layout
+            # (``embedder.backbones._channels_last``): no transposing copy.
             x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).permute(0, 3, 1, 2)
-            x = x.to(torch.float32).contiguous().div_(255.0).sub_(self._mean).div_(self._std)
+            x = x.to(torch.float32).contiguous(memory_format=torch.channels_last)
+            x = x.div_(255.0).sub_(self._mean).div_(self._std)
             f = self.features(x)
             return torch.nn.functional.adaptive_avg_pool2d(f, 1).flatten(1).numpy()
 

@@ -100,3 +100,26 @@ def test_the_default_lite_backbone_is_built_folded_with_the_features_of_the_unfo
     with torch.inference_mode():
         want, got = plain.extract_features(x).numpy(), features(x).numpy()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_the_network_runs_channels_last_with_the_features_of_the_nchw_network() -> None:
+    torchvision = pytest.importorskip("torchvision", reason="MobileNetV2 is built by torchvision")
+    from embedder.image import ImageNetwork, normalize
+
+    spec = BACKBONES["mobilenet_v2"]
+    weights = str(spec.weights())
+    network = ImageNetwork(weights, "mobilenet_v2")
+    convs = [m for m in network.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not convs[0].weight.is_contiguous()  # stored NHWC, not the NCHW torch loads
+    plain = torchvision.models.mobilenet_v2(weights=None)
+    plain.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    plain.eval()
+    crops = np.random.default_rng(4).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack([normalize(c) for c in crops]))  # NCHW, contiguous
+        want = torch.nn.functional.adaptive_avg_pool2d(plain.features(x), 1).flatten(1).numpy()
+    got = network.forward_pixels(crops)
+    assert got.shape == want.shape == (3, 1280) and got.flags.c_contiguous
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    np.testing.assert_allclose(network.forward(x.numpy()), got, rtol=1e-5, atol=1e-5 * np.abs(want).max())
