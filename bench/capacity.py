@@ -16,6 +16,7 @@ Results: ``bench/results/capacity.json``; README "Scaling" turns them into the c
 
     .venv/bin/python bench/capacity.py                # about two hours on two cores at 1M x (300, 1280)
     .venv/bin/python bench/capacity.py --n 100000     # a quick look
+    .venv/bin/python bench/capacity.py --dims '' --out bench/results/capacity_embedding.json  # embedding only
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def one_dim(n: int, dim: int, target: float) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--dims", default="300,1280")
+    ap.add_argument("--dims", default="300,1280", help="'' measures the embedding alone")
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--embed-seconds", type=float, default=10.0)
     ap.add_argument("--backbone", default="efficientnet_lite1", help="the server's default backbone")
@@ -140,9 +141,10 @@ def main() -> None:
     # In a process of its own: the forwards' heap settings (embedder/heap.py) stay out of the index builds.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
         result["embedding"] = child.submit(embedding_rate, args.embed_seconds, args.backbone).result()
-    for dim in (int(d) for d in args.dims.split(",")):
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for dim in (int(d) for d in args.dims.split(",") if d):
         result[f"d{dim}"] = one_dim(args.n, dim, args.target)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")  # after each size: a long run keeps its part
     print(f"machine: {result['machine']}")
 

@@ -152,10 +152,10 @@ def build(backbone: Backbone, weights: str) -> tuple[torch.nn.Module, torch.nn.L
 def _channels_last(features: torch.nn.Module) -> torch.nn.Module:
     """``features`` with its convolution weights stored channels-last (NHWC); ``ImageNetwork`` hands it
     channels-last inputs. CPU convolutions run on oneDNN, whose kernels work in that layout: with NCHW
-    tensors each depthwise and pointwise convolution reorders its input and output. One-thread forwards
-    ran 15-17% faster for EfficientNet-Lite1 and 26-28% for MobileNetV2 (two 3 s rounds each, batch 2),
-    and two one-thread streams side by side 20-27% faster at batches 1-4 (the two streams also scaled
-    better: 1.85-2.05x one stream against 1.64-1.88x), with features within 1.2e-5 of the NCHW network's.
+    tensors each depthwise and pointwise convolution reorders its input and output. bench/memory_format.py,
+    three interleaved rounds: one-thread forwards 1.29-1.32x faster for EfficientNet-Lite1 and 1.34-1.39x
+    for MobileNetV2 at batches 1-4; two one-thread streams side by side (the serving layout) 1.07-1.28x and
+    1.17-1.25x; features within 3.5e-6 of the NCHW network's largest value.
     """
     return features.to(memory_format=torch.channels_last)
 
