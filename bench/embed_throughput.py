@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -62,6 +63,25 @@ def photos(n: int, size: int) -> list[bytes]:
         img.save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
     return out
+
+
+def streams_rate(forward: Callable[[Any], Any], batch: Any, streams: int, seconds: float) -> float:
+    """images/s of ``streams`` threads each calling ``forward(batch)`` back to back."""
+    forward(batch)  # warm-up: one-off kernel selection for this shape
+    done = [0] * streams
+    t0 = time.perf_counter()
+
+    def stream(n: int) -> None:
+        while time.perf_counter() - t0 < seconds:
+            forward(batch)
+            done[n] += len(batch)
+
+    threads = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0)
 
 
 class Raw:
@@ -106,22 +126,7 @@ class Raw:
     def _streams(
         self, forward: Callable[[np.ndarray], np.ndarray], streams: int, batch: int, seconds: float
     ) -> float:
-        """images/s of ``streams`` threads each calling ``forward`` on ``batch`` crops back to back."""
-        forward(self.arrays[:batch])  # warm-up: one-off kernel selection for this shape
-        done = [0] * streams
-        t0 = time.perf_counter()
-
-        def stream(n: int) -> None:
-            while time.perf_counter() - t0 < seconds:
-                forward(self.arrays[:batch])
-                done[n] += batch
-
-        threads = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return sum(done) / (time.perf_counter() - t0)
+        return streams_rate(forward, self.arrays[:batch], streams, seconds)
 
     def sweep(self, seconds: float) -> dict[tuple[int, int, int], float]:
         """(threads, streams, batch) -> images/s: one stream on all cores, or a one-thread stream per core."""

@@ -19,14 +19,14 @@ import copy
 import json
 import os
 import statistics
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from _machine import CpuSteal, banner  # bench/ is on sys.path when a bench script runs
+from embed_throughput import streams_rate  # bench/ is on sys.path when a bench script runs
 
 from embedder.backbones import BACKBONES
 from embedder.datasets import tuxpaint_photos
@@ -36,25 +36,14 @@ from embedder.image import ImageNetwork, decode_pixels
 OUT = Path(__file__).resolve().parent / "results" / "memory_format.json"
 
 
-def streams_rate(forward: Any, x: torch.Tensor, streams: int, seconds: float) -> float:
-    """images/s of ``streams`` threads each running ``forward(x)`` back to back."""
-    with torch.inference_mode():
-        forward(x)  # warm-up: one-off kernel selection for this shape and layout
-    done = [0] * streams
-    t0 = time.perf_counter()
+def inferring(network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``network``'s forward without autograd, in whichever thread calls it (inference mode is per thread)."""
 
-    def stream(n: int) -> None:
+    def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            while time.perf_counter() - t0 < seconds:
-                forward(x)
-                done[n] += len(x)
+            return network(x)
 
-    threads = [threading.Thread(target=stream, args=(n,)) for n in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.perf_counter() - t0)
+    return forward
 
 
 def one_backbone(name: str, rounds: int, seconds: float) -> dict[str, Any]:
@@ -85,7 +74,9 @@ def one_backbone(name: str, rounds: int, seconds: float) -> dict[str, Any]:
                 with CpuSteal() as steal:
                     # Alternate which layout goes first, so neither always gets the warmer machine.
                     order = [("nhwc", nhwc, x_nhwc), ("nchw", nchw, x_nchw)][:: 1 if r % 2 == 0 else -1]
-                    got = {k: streams_rate(net, xx[:batch], streams, seconds) for k, net, xx in order}
+                    got = {
+                        k: streams_rate(inferring(net), xx[:batch], streams, seconds) for k, net, xx in order
+                    }
                 ratios.append(got["nhwc"] / got["nchw"])
                 last.append(got["nhwc"])
                 first.append(got["nchw"])
