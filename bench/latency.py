@@ -12,7 +12,9 @@ Then a sweep on the last mode raises the rate until p99 passes ``--p99-bound-ms`
 
 Three floors are measured in the same run, sequentially and unloaded, so the server's own overhead shows:
 - **echo**: a bare grpcio asyncio server (bench/_echo.py) answering a request of a Search's size with bytes
-  of a Search response's size: what any grpcio service pays;
+  of a Search response's size: what any grpcio service pays. It is timed on its own first (printed), and
+  then again between each mode's Count and Search calls, the three in a rotating order; the targets use that
+  interleaved figure, since floors measured a minute apart drifted by up to 2x on the slower machine type;
 - **index**: the collection's index searching one query in this process, no gRPC (the graph the server
   opens), back to back; also printed, not used by the targets: the same with the thread sleeping half an
   echo round trip before each search, a diagnostic of how much a pause slows the walk on this machine;
@@ -40,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,6 +60,7 @@ from visionsearch_client.loadtest.sweep import sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH = Path(__file__).resolve().parent
+ECHO_METHOD = "/bench.Echo/Echo"
 
 
 def fill(data: Path, base: np.ndarray) -> str:
@@ -68,26 +73,35 @@ def fill(data: Path, base: np.ndarray) -> str:
         return in_use  # the server's stop snapshots the collection with its graph
 
 
-async def floor_ms(address: str, queries: np.ndarray, n: int = 500) -> dict[str, float]:
-    """Sequential (unloaded) p50 of a Count, the cheapest RPC, and of a search: the per-call floor."""
-    async with grpc.aio.insecure_channel(address) as ch:
-        count = ch.unary_unary("/visionsearch.v1.CollectionService/Count")
-        search = ch.unary_unary("/visionsearch.v1.SearchService/Search")
+async def floor_ms(
+    address: str, queries: np.ndarray, n: int = 500, echo_address: str | None = None
+) -> dict[str, float]:
+    """Sequential (unloaded) p50 of a Count, the cheapest RPC, and of a search: the per-call floor. With
+    ``echo_address``, a bare echo round trip (bench/_echo.py) is timed between them, the three in a rotating
+    order, so that the floor and the calls held against it see the same minutes of this drifting machine."""
+    async with (
+        grpc.aio.insecure_channel(address) as ch,
+        grpc.aio.insecure_channel(echo_address or address) as echo_ch,
+    ):
         creq = pb.CountRequest(collection="fmnist").SerializeToString()
-        sreqs = [
-            pb.SearchRequest(collection="fmnist", vector=pb.Vector(f32=q.tobytes()), k=10).SerializeToString()
-            for q in queries[:n]
-        ]
-        for r in sreqs[:50]:
-            await search(r)
-        lat: dict[str, list[float]] = {"count": [], "search": []}
-        for r in sreqs:
-            t0 = time.perf_counter()
-            await count(creq)
-            t1 = time.perf_counter()
-            await search(r)
-            lat["count"].append(t1 - t0)
-            lat["search"].append(time.perf_counter() - t1)
+        sreqs = [search_request(q) for q in queries[:n]]
+        calls = {
+            "count": (ch.unary_unary("/visionsearch.v1.CollectionService/Count"), lambda i: creq),
+            "search": (ch.unary_unary("/visionsearch.v1.SearchService/Search"), lambda i: sreqs[i]),
+        }
+        if echo_address:
+            calls["echo"] = (echo_ch.unary_unary(ECHO_METHOD), lambda i: sreqs[i])
+        for i in range(50):
+            for call, request in calls.values():
+                await call(request(i))
+        lat: dict[str, list[float]] = {name: [] for name in calls}
+        names = list(calls)
+        for i in range(len(sreqs)):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                call, request = calls[name]
+                t0 = time.perf_counter()
+                await call(request(i))
+                lat[name].append(time.perf_counter() - t0)
     return {k: float(np.median(v) * 1000) for k, v in lat.items()}
 
 
@@ -95,8 +109,9 @@ def search_request(q: np.ndarray) -> bytes:
     return pb.SearchRequest(collection="fmnist", vector=pb.Vector(f32=q.tobytes()), k=10).SerializeToString()
 
 
-def echo_floor_ms(queries: np.ndarray, response_bytes: int, n: int = 500) -> float:
-    """Sequential p50 of a bare grpcio round trip with a Search's request and response sizes."""
+@contextmanager
+def echo_server(response_bytes: int) -> Iterator[str]:
+    """A bare grpcio server (bench/_echo.py) answering with ``response_bytes`` bytes; yields its address."""
     proc = subprocess.Popen(
         [sys.executable, str(BENCH / "_echo.py"), "--response-bytes", str(response_bytes)],
         stdout=subprocess.PIPE, text=True,
@@ -105,24 +120,29 @@ def echo_floor_ms(queries: np.ndarray, response_bytes: int, n: int = 500) -> flo
         assert proc.stdout is not None
         m = re.search(r"listening on (\S+)", proc.stdout.readline())
         assert m, "the echo server did not start"
-        reqs = [search_request(q) for q in queries[:n]]
-
-        async def go() -> float:
-            async with grpc.aio.insecure_channel(m.group(1)) as ch:
-                echo = ch.unary_unary("/bench.Echo/Echo")
-                for r in reqs[:50]:
-                    await echo(r)
-                lat = []
-                for r in reqs:
-                    t0 = time.perf_counter()
-                    await echo(r)
-                    lat.append(time.perf_counter() - t0)
-                return float(np.median(lat) * 1000)
-
-        return asyncio.run(go())
+        yield m.group(1)
     finally:
         proc.kill()
         proc.wait()
+
+
+def echo_floor_ms(address: str, queries: np.ndarray, n: int = 500) -> float:
+    """Sequential p50 of a bare grpcio round trip with a Search's request and response sizes."""
+    reqs = [search_request(q) for q in queries[:n]]
+
+    async def go() -> float:
+        async with grpc.aio.insecure_channel(address) as ch:
+            echo = ch.unary_unary(ECHO_METHOD)
+            for r in reqs[:50]:
+                await echo(r)
+            lat = []
+            for r in reqs:
+                t0 = time.perf_counter()
+                await echo(r)
+                lat.append(time.perf_counter() - t0)
+            return float(np.median(lat) * 1000)
+
+    return asyncio.run(go())
 
 
 def index_floor_ms(data: Path, queries: np.ndarray, n: int = 2000, idle_s: float = 0.0) -> tuple[float, int]:
@@ -217,14 +237,15 @@ def main() -> None:
     base, queries = fashion(2000)
     RESULTS.mkdir(exist_ok=True)
     summary: dict[str, object] = {"rate": args.rate, "seconds": args.seconds, "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         qfile, data = Path(tmp) / "queries.npy", Path(tmp) / "data"
         np.save(qfile, queries)
         in_use = fill(data, base)
         print(f"collection: 60,000 x 784, {in_use}")
         summary["index_in_use"] = in_use
         index_ms, response_bytes = index_floor_ms(data, queries)
-        echo_ms = echo_floor_ms(queries, response_bytes)
+        echo_address = stack.enter_context(echo_server(response_bytes))
+        echo_ms = echo_floor_ms(echo_address, queries)
         # A diagnostic, not a floor the targets use: the same walks, each after the thread slept half an echo
         # round trip. On the slower VM type (idle vCPUs halt without polling) walks after a pause were slower.
         idle_ms, _ = index_floor_ms(data, queries, n=1000, idle_s=echo_ms / 2000)
@@ -239,11 +260,12 @@ def main() -> None:
             ap.error(f"unknown --modes {sorted(unknown)}: choose from {sorted(VARIANTS)}")
         for mode in modes:
             with BenchServer(*VARIANTS[mode], data_dir=data) as server:
-                floor = asyncio.run(floor_ms(server.address, queries))
-                over_search = floor["search"] - echo_ms - index_ms
-                over_count = floor["count"] - echo_ms
+                floor = asyncio.run(floor_ms(server.address, queries, echo_address=echo_address))
+                over_search = floor["search"] - floor["echo"] - index_ms
+                over_count = floor["count"] - floor["echo"]
                 print(
-                    f"[{mode}] over the floors: Search +{over_search:.3f} ms (target <= 0.25: "
+                    f"[{mode}] the echo timed between its calls: p50 {floor['echo']:.3f} ms; "
+                    f"over the floors: Search +{over_search:.3f} ms (target <= 0.25: "
                     f"{'met' if over_search <= 0.25 else 'NOT met'}), Count +{over_count:.3f} ms "
                     f"(target <= 0.1: {'met' if over_count <= 0.1 else 'NOT met'})"
                 )
