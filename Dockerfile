@@ -1,4 +1,5 @@
-# A CPU image of the visionsearch server: the server, its models and photo sets, and nothing to build with.
+# A CPU image of the visionsearch server: the server, its models and photo sets, and nothing to build with
+# (the build stage compiles the exact kernel's C score tiles, kernels/native/scores.c, with gcc).
 #   docker build -t visionsearch .
 #   docker run -v $PWD/secrets:/run/secrets:ro -v visionsearch-data:/data -p 50051:50051 -p 9090:9090 visionsearch
 # ./secrets holds tls.crt, tls.key and api-keys.json (README, "Deploying"); without them the container refuses
@@ -15,6 +16,7 @@ ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     VISIONSEARCH_PRODUCTION=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dataset-fashion-mnist tuxpaint-stamps-default wordnet-base \
+    gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -7,14 +7,16 @@ loop is bound by memory bandwidth, at larger batches this register blocking (and
 matrix out) is what beats a BLAS matmul followed by argpartition. For cosine similarity, store and query unit
 vectors.
 
-From ``_BLAS_MIN_QUERIES`` queries up, the scores come from BLAS (sgemm) a tile of rows at a time instead, and
+From ``_BLAS_MIN_QUERIES`` queries up, the scores come a tile of rows at a time from a multiply instead, and
 a Numba pass keeps each query's best k of each tile. With more than one thread, each thread takes one
-contiguous part of the rows and runs its own sgemm calls on one BLAS thread beside the others (tiles of 256
-KiB of scores, within a core's L2); on one thread a serial loop of ``m x _BLAS_TILE_ROWS`` tiles, sized for
-the cache, uses BLAS's own threads. At batch 64 the hand-blocked loop reached about half of the square-matrix
-sgemm rate; the BLAS path runs at 93-97% of its own multiply (bench/exact.py prints both).
+contiguous part of the rows and scores its tiles beside the others (tiles of 256 KiB of scores, within a
+core's L2), with the C score tiles of ``kernels.scores`` where they are built, else with sgemm on one BLAS
+thread; on one thread a serial loop of ``m x _BLAS_TILE_ROWS`` tiles, sized for the cache, uses BLAS's own
+threads. At batch 64 the hand-blocked loop reached about half of the square-matrix sgemm rate, the sgemm
+tiles 65-74%, the C tiles about all of it (bench/exact.py prints the kernel with each).
 """
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +24,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels import blas
+from kernels import blas, scores
 
 _QUERY_BLOCK = 4
 _TILE = 128
@@ -260,6 +262,8 @@ def _blas_pool(threads: int) -> ThreadPoolExecutor:
 def _blas_heaps_split(
     db: np.ndarray, n: int, alive: np.ndarray, queries: np.ndarray, k: int, threads: int, select: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
+    # The scores come from the C kernel where it is built (kernels/scores.py), else from BLAS: same layout, a
+    # database row per line, so the selection below is the same.
     # One contiguous chunk of tiles per thread, each thread's sgemm on its own core (one BLAS thread) and its
     # own heaps: a core never idles while the other selects. _merge_heaps_serial merges the chunks in chunk
     # order, so the result does not depend on the schedule.
@@ -271,20 +275,24 @@ def _blas_heaps_split(
     tile = min(per, max(_SPLIT_TILE_MIN_ROWS, _SPLIT_TILE_BYTES // (4 * m)))
     heap_s = np.full((threads, m, k), -np.inf, dtype=np.float32)
     heap_i = np.full((threads, m, k), -1, dtype=np.int64)
-
-    qt = queries.T
+    native = scores.available()
+    qt = scores.padded_transpose(queries) if native else queries.T
 
     def chunk(c: int) -> None:
-        buf = np.empty((tile, m), dtype=np.float32)
+        buf = np.empty((tile, qt.shape[1]), dtype=np.float32)
         end = min(n, (c + 1) * per)
         for t0 in range(c * per, end, tile):
             t1 = min(end, t0 + tile)
-            out = buf if t1 - t0 == tile else np.empty((t1 - t0, m), dtype=np.float32)
-            np.matmul(db[t0:t1], qt, out=out)
+            if native:
+                scores.score_tile(db, t0, t1, qt, buf)
+                out = buf[: t1 - t0, :m]  # the padding queries' columns are left out
+            else:
+                out = buf if t1 - t0 == tile else np.empty((t1 - t0, m), dtype=np.float32)
+                np.matmul(db[t0:t1], qt, out=out)
             if select:  # off only in bench/exact.py, which times the multiply alone as the kernel's ceiling
                 _select_tile_t(out, t0, alive, heap_s[c : c + 1], heap_i[c : c + 1], k)
 
-    with blas.one_thread_per_call():
+    with contextlib.nullcontext() if native else blas.one_thread_per_call():
         for f in [_blas_pool(threads).submit(chunk, c) for c in range(threads)]:
             f.result()
     return heap_s, heap_i
@@ -335,7 +343,7 @@ def topk_inner_product(
         return np.empty((m, 0), dtype=np.float32), np.empty((m, 0), dtype=np.int64)
     if m >= _BLAS_MIN_QUERIES:
         threads = min(numba.get_num_threads(), (n + _BLAS_TILE_ROWS - 1) // _BLAS_TILE_ROWS)
-        if threads > 1 and blas.available():
+        if threads > 1 and (scores.available() or blas.available()):
             heap_s, heap_i = _blas_heaps_split(db, n, alive, queries, k, threads)
         else:
             heap_s, heap_i = _blas_heaps(db, n, alive, queries, k)

@@ -31,6 +31,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# ---- The exact kernel's C score tiles (before the install below, which packages them in production)
+"$root/scripts/build_native.sh"
+
 # ---- Python environment
 if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   echo "setup: Python 3.11 is required (torch 2.14.1 wheels); set PYTHON=/path/to/python3.11" >&2
